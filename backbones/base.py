@@ -31,6 +31,9 @@ class Backbone(nn.Module):
     stem_conv: str = ""
     #: bands the pretrained first layer was trained on
     pretrained_bands: tuple[str, ...] = RGB
+    #: per-channel RGB normalisation the pretrained weights expect, on inputs scaled to [0, 1]
+    rgb_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    rgb_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,6 +158,8 @@ class Backbone(nn.Module):
             "strides": list(self.strides),
             "patch_size": self.patch_size,
             "num_blocks": len(self.blocks),
+            "rgb_mean": list(self.rgb_mean),
+            "rgb_std": list(self.rgb_std),
         }
 
 

@@ -14,6 +14,7 @@ Files are read with ``safetensors`` or ``torch.load(weights_only=True)``: nothin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ class WeightsSource:
     filename: str
     url: str | None = None
     hub_id: str | None = None
+    #: returns the file's path when a pip package ships it (e.g. EfficientNet-Lite0), else None
+    locate: Callable[[], str | None] | None = None
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -62,6 +65,9 @@ def resolve_weights(weights: str | os.PathLike | None, source: WeightsSource | N
         return path
     if source is None:
         raise WeightsNotFoundError(f"Backbone {backbone!r} has no published weights; use weights=None")
+    shipped = source.locate() if source.locate else None
+    if shipped and Path(shipped).is_file():
+        return Path(shipped)
     for folder in search_dirs():
         if (folder / source.filename).is_file():
             return folder / source.filename
