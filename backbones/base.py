@@ -34,6 +34,11 @@ class Backbone(nn.Module):
     #: per-channel RGB normalisation the pretrained weights expect, on inputs scaled to [0, 1]
     rgb_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     rgb_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    #: input layout of ``blocks``: ``"tokens"`` (B, N, C), ``"grid"`` (B, H, W, C) or ``"conv"`` (B, C, H, W)
+    block_layout: str = "tokens"
+    #: default module names for LoRA and for bottleneck adapters (peft-style suffixes)
+    lora_targets: tuple[str, ...] = ("qkv",)
+    adapter_targets: tuple[str, ...] = ("mlp",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -109,6 +109,7 @@ register_backbone(
     "dinov2_test", family="dinov2", builder=TimmViTBackbone, tiny=True,
     description="tiny DINOv2-architecture ViT (patch 14) for tests",
     arch="vit_small_patch14_dinov2", img_size=56, embed_dim=32, depth=4, num_heads=2,
+    init_values=1.0,  # layer scale 1 (not timm's 1e-5) so random blocks change the output measurably
 )
 register_backbone(
     "vit_patch16_test", family="vit", builder=TimmViTBackbone, tiny=True,

@@ -1,0 +1,57 @@
+"""Adapter methods, one package each (config dataclass, layers, injection), registered by name.
+
+``apply_adapter(backbone, config)`` injects a method in place into a frozen backbone; only the new
+parameters train. ``merge_adapter(backbone, config)`` folds a mergeable method (LoRA / DoRA) back into plain
+weights. Paper adapters (Cloud-Adapter, Earth-Adapter, ...) add their own package and registry row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import ADAPTERS, AdapterConfig, AdapterMethod, find_targets
+from .bottleneck import BottleneckConfig, inject_bottleneck
+from .lora import LoraConfig, inject_lora, merge_lora
+from .vpt import VPTConfig, inject_vpt
+
+if TYPE_CHECKING:
+    from vadapt.backbones import Backbone
+
+ADAPTERS.register("lora", AdapterMethod(LoraConfig, inject_lora, merge_lora))
+ADAPTERS.register("bottleneck", AdapterMethod(BottleneckConfig, inject_bottleneck))
+ADAPTERS.register("vpt", AdapterMethod(VPTConfig, inject_vpt))
+
+
+def _method(config: AdapterConfig) -> AdapterMethod:
+    method = ADAPTERS.get(config.method)
+    if not isinstance(config, method.config_class):
+        raise TypeError(f"{type(config).__name__} is not a {method.config_class.__name__}")
+    return method
+
+
+def apply_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
+    """Inject ``config``'s method into the (frozen) ``backbone`` in place; ``None`` leaves it untouched."""
+    if config is not None:
+        _method(config).inject(backbone, config)
+    return backbone
+
+
+def can_merge(config: AdapterConfig | None) -> bool:
+    return config is None or _method(config).merge is not None
+
+
+def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
+    """Fold the adapter into the backbone's weights (LoRA / DoRA); error for methods that cannot merge."""
+    if config is None:
+        return backbone
+    method = _method(config)
+    if method.merge is None:
+        raise ValueError(f"The {config.method!r} adapter adds computation that cannot be folded into weights")
+    method.merge(backbone)
+    return backbone
+
+
+__all__ = [
+    "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "LoraConfig", "VPTConfig",
+    "apply_adapter", "can_merge", "find_targets", "merge_adapter",
+]
