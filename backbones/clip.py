@@ -1,0 +1,186 @@
+"""CLIP ViT visual towers from open_clip (Radford et al., 2021, arXiv:2103.00020; LAION-2B weights).
+
+Only the vision tower is built (open_clip's ``VisionTransformer`` from the model config; no text tower).
+open_clip's own forward pools, so dense features come from our forward: ``conv1`` -> tokens -> class token
+-> position embedding (resampled to the actual grid) -> ``ln_pre`` -> the ``out_indices`` residual blocks
+-> class token dropped and ``ln_post`` applied to each selected output -> maps ``(B, width, H/p, W/p)`` at
+stride ``p``. ``ln_post`` is the tower's final norm (CLIP applies it before pooling); applying it to every
+level, as timm does with ``norm`` for ViTs, keeps the levels on one scale. The projection ``proj`` is kept
+(so checkpoints load strictly) but unused.
+
+Weights: open_clip's ``open_clip_pytorch_model.bin`` (a full CLIP state dict). ``checkpoint_filter`` keeps
+``visual.*`` without the prefix, drops the text tower and resamples ``positional_embedding`` to the grid of
+``img_size``; any other key is left in so the strict load names it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vadapt.weights import WeightsSource, strip_prefix, unwrap_state_dict
+
+from .base import Backbone, register_backbone
+from .vit import _default_out_indices
+
+# open_clip.constants (literals here so that importing this module does not import open_clip)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+#: keys of a full CLIP state dict that belong to the text tower or the contrastive head
+TEXT_KEYS = ("positional_embedding", "text_projection", "logit_scale", "logit_bias", "attn_mask")
+TEXT_PREFIXES = ("token_embedding.", "transformer.", "ln_final.")
+
+
+class OpenClipViTBackbone(Backbone):
+    """The visual tower of an open_clip ViT as a frozen multi-level feature extractor (module docstring)."""
+
+    stem_conv = "conv1"
+    rgb_mean = OPENAI_CLIP_MEAN
+    rgb_std = OPENAI_CLIP_STD
+    block_layout = "tokens"
+    lora_targets = ("attn",)  # nn.MultiheadAttention (fused qkv + out_proj); peft adapts it
+    adapter_targets = ("mlp",)
+
+    def __init__(
+        self,
+        arch: str = "ViT-B-16",
+        img_size: int | tuple[int, int] | None = None,
+        out_indices: Sequence[int] | None = None,
+        quick_gelu: bool = False,
+        rgb_mean: Sequence[float] | None = None,
+        rgb_std: Sequence[float] | None = None,
+        **vision_cfg: Any,
+    ) -> None:
+        """
+        Args:
+            arch: open_clip model config name (``ViT-B-16``, ``ViT-L-14``); its ``vision_cfg`` is used.
+            img_size: the explicit position-embedding size (weights are resampled to it when they load);
+                default the config's ``image_size``.
+            out_indices: blocks whose outputs become feature maps; default 4 evenly spaced ending with the last.
+            quick_gelu: OpenAI's original weights use QuickGELU; the LAION ones use nn.GELU.
+            rgb_mean, rgb_std: normalisation the weights expect (default OpenAI CLIP's).
+            vision_cfg: overrides of the config's ``vision_cfg`` (``width``, ``layers``, ``head_width``, ...).
+        """
+        super().__init__()
+        import open_clip
+        from open_clip.model import _build_vision_tower
+
+        config = open_clip.get_model_config(arch)
+        if config is None:
+            raise ValueError(f"open_clip has no model config {arch!r}")
+        cfg = {**config["vision_cfg"], **vision_cfg}
+        if img_size is not None:
+            cfg["image_size"] = img_size
+        if isinstance(cfg.get("layers"), (tuple, list)) or cfg.get("timm_model_name"):
+            raise ValueError(f"{arch} is not a plain open_clip VisionTransformer")
+        quick_gelu = quick_gelu or config.get("quick_gelu", False)
+        self.model = _build_vision_tower(config["embed_dim"], cfg, quick_gelu=quick_gelu)
+        if rgb_mean is not None:
+            self.rgb_mean = tuple(rgb_mean)
+        if rgb_std is not None:
+            self.rgb_std = tuple(rgb_std)
+
+        depth = len(self.model.transformer.resblocks)
+        self.out_indices = tuple(out_indices) if out_indices is not None else _default_out_indices(depth)
+        if not all(-depth <= i < depth for i in self.out_indices):
+            raise ValueError(f"out_indices {self.out_indices} out of range for {depth} blocks")
+        self.out_indices = tuple(i % depth for i in self.out_indices)
+        patch = self.model.patch_size
+        if patch[0] != patch[1]:
+            raise ValueError(f"non-square patches {patch} are not supported")
+        self.patch_size = self.pad_multiple = patch[0]
+        width = self.model.conv1.out_channels
+        self.out_channels = [width] * len(self.out_indices)
+        self.strides = [self.patch_size] * len(self.out_indices)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.transformer.resblocks
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from timm.layers import resample_abs_pos_embed
+
+        m = self.model
+        x = m.conv1(x)  # (B, C, h, w)
+        batch, width, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        cls = m.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = m.positional_embedding
+        if (h, w) != tuple(m.grid_size):
+            pos = resample_abs_pos_embed(pos[None], [h, w], old_size=list(m.grid_size), num_prefix_tokens=1)[0]
+        x = m.ln_pre(x + pos.to(x.dtype))  # patch dropout (training-only, off in CLIP configs) is skipped
+        batch_first = getattr(m.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)  # blocks built for (N, B, C)
+        outs = self.run_blocks(x, self.out_indices)
+        maps = []
+        for out in outs:
+            if not batch_first:
+                out = out.transpose(0, 1)
+            out = m.ln_post(out)[:, 1:]
+            maps.append(out.transpose(1, 2).reshape(batch, width, h, w))
+        return maps
+
+    def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from timm.layers import resample_abs_pos_embed
+
+        state_dict = unwrap_state_dict(state_dict)
+        if state_dict and all(k.startswith("module.") for k in state_dict):  # open_clip training checkpoints
+            state_dict = strip_prefix(state_dict, "module.")
+        out = {}
+        for key, value in state_dict.items():
+            if key.startswith("visual."):
+                out[key[len("visual."):]] = value
+            elif key in TEXT_KEYS or key.startswith(TEXT_PREFIXES):
+                continue
+            else:
+                out[key] = value  # unknown: the strict load reports it
+        pos = out.get("positional_embedding")
+        own = self.model.positional_embedding
+        if isinstance(pos, torch.Tensor) and pos.ndim == 2 and pos.shape[1] == own.shape[1] and pos.shape != own.shape:
+            side = math.isqrt(pos.shape[0] - 1)
+            if side * side == pos.shape[0] - 1:  # open_clip grids are square; anything else fails the load
+                out["positional_embedding"] = resample_abs_pos_embed(
+                    pos[None].float(), list(self.model.grid_size), old_size=[side, side], num_prefix_tokens=1
+                )[0].to(pos.dtype)
+        return out
+
+
+_HF_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip.constants.HF_WEIGHTS_NAME
+
+register_backbone(
+    "clip_vit_b16",
+    family="clip",
+    builder=OpenClipViTBackbone,
+    weights=WeightsSource(_HF_WEIGHTS, hub_id="laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+    description="CLIP ViT-B/16 visual tower (open_clip), LAION-2B weights (laion2b_s34b_b88k)",
+    arch="ViT-B-16",
+    img_size=224,
+)
+register_backbone(
+    "clip_vit_l14",
+    family="clip",
+    builder=OpenClipViTBackbone,
+    weights=WeightsSource(_HF_WEIGHTS, hub_id="laion/CLIP-ViT-L-14-laion2B-s32B-b82K"),
+    description="CLIP ViT-L/14 visual tower (open_clip), LAION-2B weights (laion2b_s32b_b82k)",
+    arch="ViT-L-14",
+    img_size=224,
+    # open_clip's pretrained table: these weights were trained with Inception normalisation, not OpenAI's
+    rgb_mean=INCEPTION_MEAN,
+    rgb_std=INCEPTION_STD,
+)
+
+# Tiny variant of the same architecture (random init) for tests.
+register_backbone(
+    "clip_test", family="clip", builder=OpenClipViTBackbone, tiny=True,
+    description="tiny CLIP ViT/16 visual tower for tests",
+    arch="ViT-B-16", img_size=64, width=32, layers=4, head_width=16, patch_size=16,
+)

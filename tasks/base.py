@@ -1,0 +1,150 @@
+"""The one base of every task: a frozen backbone with an adapter, a head, and the shared plumbing.
+
+Subclasses (torchgeo style) implement ``configure_head``, ``configure_losses``, ``configure_metrics``,
+``forward`` and ``_shared_step``; their ``__init__`` signature *is* the YAML config. The base builds the
+backbone (frozen, bands adapted), injects the adapter, normalises inputs with the stored statistics, sets up
+AdamW with warm-up and a poly schedule over the trainable parameters only, keeps frozen weights out of
+Lightning checkpoints, and writes an adapter checkpoint (:mod:`vadapt.checkpoint`) when fitting ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from vadapt.adapters import AdapterConfig, apply_adapter
+from vadapt.backbones import Backbone, create_backbone
+from vadapt.config import as_adapter_config, to_plain
+from vadapt.params import count_parameters
+
+
+class BaseTask(L.LightningModule):
+    """Shared behaviour of all tasks. Subclasses pass their init args through; see module docstring."""
+
+    backbone: Backbone
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # Lightning checkpoints hold only trainable weights (see on_save_checkpoint)
+        self.configure_backbone()
+        self.configure_head()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ---- models ------------------------------------------------------------------------------------------
+    def configure_backbone(self) -> None:
+        hp = self.hparams
+        kwargs: dict[str, Any] = {}
+        if hp.get("img_size"):
+            kwargs["img_size"] = hp["img_size"]
+        self.backbone = create_backbone(
+            hp["backbone"], weights=hp.get("weights"), bands=hp["bands"],
+            extra_band_init=hp.get("extra_band_init", "copy"), **kwargs,
+        )
+        self.adapter_config: AdapterConfig | None = as_adapter_config(hp.get("adapter"))
+        apply_adapter(self.backbone, self.adapter_config)
+        self.backbone.grad_checkpointing = bool(hp.get("grad_checkpointing", False))
+        mean, std = self.normalisation(hp.get("mean"), hp.get("std"))
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def normalisation(
+        self, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> tuple[list[float], list[float]]:
+        """Per-band statistics; for RGB bands left unset, the backbone's pretraining statistics."""
+        bands = self.backbone.bands
+        if mean is None and std is None:
+            rgb = dict(zip(("red", "green", "blue"), zip(self.backbone.rgb_mean, self.backbone.rgb_std)))
+            missing = [b for b in bands if b not in rgb]
+            if missing:
+                raise ValueError(
+                    f"mean/std are required for bands {missing} (only RGB has pretraining statistics); "
+                    "compute them on your training data and set model.init_args.mean / std"
+                )
+            return [rgb[b][0] for b in bands], [rgb[b][1] for b in bands]
+        if mean is None or std is None or len(mean) != len(bands) or len(std) != len(bands):
+            raise ValueError(f"mean and std need one value per band {list(bands)}; got mean={mean}, std={std}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std values must be > 0, got {std}")
+        return list(mean), list(std)
+
+    def configure_head(self) -> None:
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        pass
+
+    def configure_metrics(self) -> None:
+        pass
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std
+
+    def train(self, mode: bool = True) -> BaseTask:
+        super().train(mode)
+        self.backbone.train(mode)  # keeps frozen batch norms in eval mode
+        return self
+
+    # ---- optimisation ----------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("nothing to train: the backbone is frozen and the task has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=hp.get("lr", 1e-3), weight_decay=hp.get("weight_decay", 1e-2))
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
+        warmup = min(int(hp.get("warmup_steps", 0)), total - 1)
+        power = float(hp.get("poly_power", 1.0))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(1.0 - (step - warmup) / max(total - warmup, 1), 0.0) ** power
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything that training changes: trainable parameters plus all state outside the backbone."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if k in trainable or not k.startswith("backbone.")
+        }
+
+    def plain_hparams(self) -> dict[str, Any]:
+        """Init args as JSON-safe values (without LightningCLI's private ``_class_path``-style keys)."""
+        return to_plain({k: v for k, v in self.hparams.items() if not k.startswith("_")})
+
+    def parameter_counts(self) -> dict[str, int | float]:
+        return count_parameters(self, self.backbone)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.adapter_state_dict()
+        checkpoint["hyper_parameters"] = self.plain_hparams()
+        checkpoint["vadapt_task"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ExportAdapterOnFitEnd()]
+
+
+class ExportAdapterOnFitEnd(L.Callback):
+    """Writes ``adapter.safetensors`` into the run's log directory when ``fit`` finishes."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from pathlib import Path
+
+        from vadapt.checkpoint import save_adapter
+
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
+            return
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        path = save_adapter(pl_module, folder / "adapter.safetensors")
+        print(f"adapter checkpoint: {path} ({path.stat().st_size / 1e6:.2f} MB)")

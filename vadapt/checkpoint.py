@@ -1,0 +1,165 @@
+"""Adapter checkpoints: the one contract shared by training, the CLI, inference and the app.
+
+One ``.safetensors`` file holds every tensor that training changed (adapter *and* head) and, in its header
+metadata under ``vadapt_manifest``, a JSON manifest: the task class and its resolved init args (backbone
+name, weights, adapter config, bands, normalisation statistics, class names), the backbone's metadata, the
+parameter counts and the vadapt version. Given the backbone's upstream weights, the file rebuilds the model
+and its preprocessing. A *merged* checkpoint (``vadapt export --merge``) instead holds the full weights with
+LoRA folded in and needs nothing else.
+
+Files are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+Nothing is unpickled when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+import vadapt
+
+if TYPE_CHECKING:
+    from vadapt.tasks.base import BaseTask
+
+FORMAT = "vadapt-adapter/1"
+MANIFEST_KEY = "vadapt_manifest"
+
+
+class AdapterCheckpointError(ValueError):
+    """The file is not a vadapt adapter checkpoint, or it does not fit the model it is loaded into."""
+
+
+def manifest_for(task: BaseTask, merged: bool = False) -> dict[str, Any]:
+    hp = task.plain_hparams()
+    return {
+        "format": FORMAT,
+        "vadapt_version": vadapt.__version__,
+        "task": f"{type(task).__module__}.{type(task).__qualname__}",
+        "init_args": hp,
+        "merged": merged,
+        "backbone": task.backbone.describe(),
+        "adapter": hp.get("adapter"),
+        "bands": list(task.backbone.bands),
+        "mean": task.input_mean.flatten().tolist(),
+        "std": task.input_std.flatten().tolist(),
+        "class_names": hp.get("class_names"),
+        "parameters": task.parameter_counts(),
+    }
+
+
+def save_adapter(task: BaseTask, path: str | os.PathLike, merged: bool = False) -> Path:
+    """Write ``task``'s trained tensors (all tensors when ``merged``) and manifest to ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = manifest_for(task, merged)
+    if merged:
+        state = {k: v.detach().cpu().contiguous() for k, v in task.state_dict().items()}
+    else:
+        state = task.adapter_state_dict()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:
+        raise AdapterCheckpointError(f"{path} is not a safetensors file ({exc})") from exc
+    if MANIFEST_KEY not in metadata:
+        raise AdapterCheckpointError(f"{path} is a safetensors file without a vadapt manifest")
+    manifest = json.loads(metadata[MANIFEST_KEY])
+    if manifest.get("format") != FORMAT:
+        raise AdapterCheckpointError(f"{path} has format {manifest.get('format')!r}; this vadapt reads {FORMAT}")
+    return manifest
+
+
+def load_adapter(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
+    """Rebuild the task stored in ``path`` and load its tensors; ready for ``eval()``.
+
+    Args:
+        weights: where the backbone's upstream weights are, overriding the manifest's ``weights`` (the
+            training machine's path rarely exists elsewhere). Ignored for merged checkpoints.
+    """
+    from vadapt.config import build_task
+
+    manifest = read_manifest(path)
+    init_args = dict(manifest["init_args"])
+    if manifest["merged"]:
+        init_args.update(weights=None, adapter=None)
+    elif weights is not None:
+        init_args["weights"] = weights
+    task = build_task(manifest["task"], init_args)
+    load_adapter_into(task, path, manifest)
+    return task
+
+
+def load_adapter_into(task: BaseTask, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+    """Load an adapter checkpoint into an existing task; a clear error if it was made for another model."""
+    from safetensors.torch import load_file
+
+    manifest = manifest or read_manifest(path)
+    made_for = {"backbone": manifest["backbone"]["name"], "adapter": manifest.get("adapter")}
+    load_checked(task, load_file(str(path)), str(path), made_for, full=manifest["merged"])
+
+
+def load_checked(
+    task: BaseTask, state: dict[str, torch.Tensor], source: str, made_for: dict[str, Any], full: bool = False
+) -> None:
+    """Load trained tensors (all tensors if ``full``) into ``task``, refusing any that do not fit."""
+    expected = task.state_dict() if full else task.adapter_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        mine = {"backbone": task.backbone.name, "adapter": task.plain_hparams().get("adapter")}
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+            if keys
+        )
+        raise AdapterCheckpointError(
+            f"{source} does not fit this model. The checkpoint was made for {made_for}; this model is {mine}. "
+            f"({detail})"
+        )
+    with torch.no_grad():
+        task.load_state_dict(state, strict=False)
+
+
+def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
+    """Rebuild a task from a Lightning ``.ckpt`` written by a vadapt task (read with ``weights_only=True``)."""
+    from vadapt.config import build_task
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AdapterCheckpointError(f"cannot read {path} as a weights-only Lightning checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or "vadapt_task" not in ckpt:
+        raise AdapterCheckpointError(f"{path} is not a Lightning checkpoint written by a vadapt task")
+    init_args = dict(ckpt["hyper_parameters"])
+    if weights is not None:
+        init_args["weights"] = weights
+    task = build_task(ckpt["vadapt_task"], init_args)
+    made_for = {"backbone": init_args.get("backbone"), "adapter": init_args.get("adapter")}
+    load_checked(task, ckpt["state_dict"], str(path), made_for)
+    return task
+
+
+def load_task(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
+    """A task from either kind of file: vadapt ``.safetensors`` or Lightning ``.ckpt``."""
+    if Path(path).suffix == ".safetensors":
+        return load_adapter(path, weights)
+    return load_lightning_checkpoint(path, weights)

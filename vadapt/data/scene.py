@@ -1,0 +1,155 @@
+"""Training on random crops of large multi-band scenes stored as ``.npz`` arrays.
+
+Each file holds ``img`` ``(H, W, C)`` (any numeric dtype), ``msk`` ``(H, W)`` or ``(H, W, 1)`` integer codes,
+and optionally ``bands`` (C names) and ``scale`` (multiplied into ``img``, e.g. 1e-4 for reflectance stored as
+uint16). Bands are selected by name (a missing band is an error). The bottom ``val_fraction`` of every scene's
+rows is held out: validation tiles it without overlap, training samples random crops with flips and
+90-degree rotations (albumentations, applied identically to image and mask) from the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vadapt.bands import select_bands
+
+
+def load_scene(
+    path: str | Path, bands: Sequence[str], file_bands: Sequence[str] | None = None,
+    label_map: dict[int, int] | None = None, ignore_index: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one scene: image ``(H, W, len(bands))`` float32 and mask ``(H, W)`` int64 class ids."""
+    with np.load(path) as data:
+        for key in ("img", "msk"):
+            if key not in data:
+                raise ValueError(f"{path} has no {key!r} array (found {sorted(data.files)})")
+        names = [str(b) for b in data["bands"]] if "bands" in data else file_bands
+        if names is None:
+            raise ValueError(f"{path} does not name its bands: add a `bands` array or set file_bands")
+        image = select_bands(data["img"], names, bands).astype(np.float32)
+        if "scale" in data:
+            image *= np.float32(data["scale"])
+        mask = data["msk"].reshape(data["msk"].shape[:2]).astype(np.int64)
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"{path}: image {image.shape[:2]} and mask {mask.shape} differ in size")
+    if label_map is not None:
+        lut = np.full(max(max(label_map), int(mask.max())) + 1, ignore_index, dtype=np.int64)
+        for code, cls in label_map.items():
+            lut[int(code)] = cls
+        mask = lut[mask]
+    return image, mask
+
+
+class RandomCrops(Dataset):
+    """``length`` random ``size``×``size`` crops (with flips / rotations) from the given scene regions."""
+
+    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], size: int, length: int) -> None:
+        import albumentations as A
+
+        self.scenes, self.length = scenes, length
+        for image, _ in scenes:
+            if min(image.shape[:2]) < size:
+                raise ValueError(f"crop_size {size} is larger than a training region {image.shape[:2]}")
+        self.transform = A.Compose([A.RandomCrop(size, size), A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, mask = self.scenes[index % len(self.scenes)]
+        out = self.transform(image=image, mask=mask)
+        return {"image": torch.from_numpy(out["image"].transpose(2, 0, 1).copy()), "mask": torch.from_numpy(out["mask"]).long()}
+
+
+class Tiles(Dataset):
+    """Non-overlapping ``size``×``size`` tiles covering the scene regions (edge tiles shifted inward)."""
+
+    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], size: int) -> None:
+        self.items = []
+        for s, (image, _) in enumerate(scenes):
+            h, w = image.shape[:2]
+            ys = sorted({min(y, max(h - size, 0)) for y in range(0, h, size)})
+            xs = sorted({min(x, max(w - size, 0)) for x in range(0, w, size)})
+            self.items += [(s, y, x) for y in ys for x in xs]
+        self.scenes, self.size = scenes, size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s, y, x = self.items[index]
+        image, mask = self.scenes[s]
+        crop = (slice(y, y + self.size), slice(x, x + self.size))
+        return {
+            "image": torch.from_numpy(image[crop].transpose(2, 0, 1).copy()),
+            "mask": torch.from_numpy(mask[crop].copy()),
+        }
+
+
+class SceneDataModule(L.LightningDataModule):
+    """Random-crop training on ``.npz`` scenes, validation/test on held-out rows (see module docstring)."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        bands: list[str],
+        file_bands: list[str] | None = None,
+        label_map: dict[int, int] | None = None,
+        ignore_index: int = 255,
+        crop_size: int = 128,
+        batch_size: int = 8,
+        samples_per_epoch: int = 256,
+        val_fraction: float = 0.25,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            paths: ``.npz`` scene files (relative paths are resolved against the working directory).
+            bands: bands to feed the model, by name; must match the task's ``bands``.
+            file_bands: band names of the files when they do not store ``bands`` themselves.
+            label_map: mask code -> class id; unmapped codes become ``ignore_index``.
+            samples_per_epoch: random training crops per epoch.
+            val_fraction: share of each scene's rows (from the bottom) held out for validation and test.
+        """
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        for p in paths:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"scene file not found: {p}")
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        label_map = {int(k): int(v) for k, v in hp.label_map.items()} if hp.label_map else None
+        train, held = [], []
+        for p in hp.paths:
+            image, mask = load_scene(p, hp.bands, hp.file_bands, label_map, hp.ignore_index)
+            cut = int(round(image.shape[0] * (1.0 - hp.val_fraction)))
+            train.append((image[:cut], mask[:cut]))
+            held.append((image[cut:], mask[cut:]))
+        self.train_set = RandomCrops(train, hp.crop_size, hp.samples_per_epoch)
+        self.val_set = Tiles(held, hp.crop_size)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
