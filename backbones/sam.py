@@ -37,6 +37,7 @@ class SamBackbone(Backbone):
     """SAM's ``ImageEncoderViT`` as a frozen feature extractor (see module docstring)."""
 
     stem_conv = "patch_embed.proj"
+    block_layout = "grid"  # SAM blocks take (B, H, W, C)
 
     def __init__(
         self,

@@ -68,6 +68,7 @@ class Sam2HieraBackbone(Backbone):
     """SAM 2's Hiera ``ImageEncoder`` as a frozen multi-scale feature extractor (see module docstring)."""
 
     stem_conv = "trunk.patch_embed.proj"
+    block_layout = "grid"  # Hiera blocks take (B, H, W, C)
 
     def __init__(self, config: str, overrides: dict[str, Any] | None = None) -> None:
         super().__init__()

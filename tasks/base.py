@@ -14,7 +14,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
 from vadapt.adapters import AdapterConfig, apply_adapter
 from vadapt.backbones import Backbone, create_backbone

@@ -82,7 +82,10 @@ class SemanticSegmentationTask(BaseTask):
 
         kwargs = {"num_classes": self.hparams["num_classes"], "ignore_index": self.hparams["ignore_index"]}
         metrics = MetricCollection(
-            {"miou": MulticlassJaccardIndex(average="macro", **kwargs), "acc": MulticlassAccuracy(average="micro", **kwargs)}
+            {
+                "miou": MulticlassJaccardIndex(average="macro", **kwargs),
+                "acc": MulticlassAccuracy(average="micro", **kwargs),
+            }
         )
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}

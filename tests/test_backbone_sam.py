@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from vadapt.backbones import BACKBONES, create_backbone
 
+from vadapt.backbones import BACKBONES, create_backbone
 from vadapt.weights import WeightsMismatchError
 
 SAM_NAMES = ["sam_vit_b", "sam_vit_l", "sam_vit_h"]

@@ -64,7 +64,8 @@ class RandomCrops(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.scenes[index % len(self.scenes)]
         out = self.transform(image=image, mask=mask)
-        return {"image": torch.from_numpy(out["image"].transpose(2, 0, 1).copy()), "mask": torch.from_numpy(out["mask"]).long()}
+        image = torch.from_numpy(out["image"].transpose(2, 0, 1).copy())
+        return {"image": image, "mask": torch.from_numpy(out["mask"]).long()}
 
 
 class Tiles(Dataset):

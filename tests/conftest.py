@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny models and small data made by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def scene_npz(tmp_path: Path) -> Path:
+    """A 96×96 4-band scene whose mask is learnable from the bands: class = (nir > red) + bright."""
+    rng = np.random.default_rng(0)
+    h = w = 96
+    yy, xx = np.mgrid[:h, :w]
+    red = (np.sin(xx / 7.0) > 0).astype(np.float32)
+    nir = (np.cos(yy / 9.0) > 0).astype(np.float32)
+    img = np.stack([red, 1 - red, 0.5 * np.ones_like(red), nir], -1) + 0.05 * rng.standard_normal((h, w, 4))
+    msk = (nir > red).astype(np.uint8) + 1  # codes 1, 2
+    path = tmp_path / "scene.npz"
+    np.savez(path, img=img.astype(np.float32), msk=msk, bands=np.array(["red", "green", "blue", "nir"]))
+    return path
