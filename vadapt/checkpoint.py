@@ -113,6 +113,11 @@ def load_adapter_into(task: BaseTask, path: str | os.PathLike, manifest: dict[st
 
     manifest = manifest or read_manifest(path)
     made_for = {"backbone": manifest["backbone"]["name"], "adapter": manifest.get("adapter")}
+    if made_for["backbone"] != task.backbone.name:
+        raise AdapterCheckpointError(
+            f"{path} was trained on backbone {made_for['backbone']!r}; this model's backbone is "
+            f"{task.backbone.name!r}. Load it with vadapt.checkpoint.load_adapter(path) to rebuild its own model."
+        )
     load_checked(task, load_file(str(path)), str(path), made_for, full=manifest["merged"])
 
 

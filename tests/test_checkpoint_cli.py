@@ -1,0 +1,175 @@
+"""The CLI on tiny YAMLs, adapter checkpoints, export (merged, ONNX) and their error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from vadapt.adapters import LoraConfig
+from vadapt.checkpoint import AdapterCheckpointError, load_adapter, load_adapter_into, load_task, save_adapter
+from vadapt.cli import main
+from vadapt.data.scene import SceneDataModule
+from vadapt.export import export
+from vadapt.tasks import SemanticSegmentationTask
+
+CONF = Path(__file__).parent / "conf"
+CONFIGS = sorted(CONF.glob("*.yaml"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vadapt.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_subcommand():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("fit", "validate", "test", "predict", "list", "params", "export"):
+        assert command in out.stdout
+
+
+def test_list_backbones_shows_real_entries_and_hides_tiny(capsys):
+    main(["list", "backbones"])
+    text = capsys.readouterr().out
+    assert "sam_vit_b" in text and "vit_base_patch14_dinov2" in text and "dinov2_test" not in text
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_fast_dev_run_every_config(config, tmp_path):
+    main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_typo_in_a_config_key_is_named(tmp_path):
+    config = yaml.safe_load((CONF / "seg_dinov2_lora.yaml").read_text())
+    config["model"]["init_args"]["adapter"]["init_args"]["rank"] = 4
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_cli("fit", "--config", str(path), "--trainer.fast_dev_run", "1")
+    assert out.returncode != 0
+    assert "rank" in out.stderr
+
+
+def test_params_json_counts_adapter_and_head(capsys):
+    main(["params", "--config", str(CONF / "seg_dinov2_lora.yaml"), "--json"])
+    counts = json.loads(capsys.readouterr().out)
+    # LoRA r=4 on the fused qkv (32 -> 96) of 4 blocks: 4 * (4*32 + 96*4)
+    assert counts["adapter"] == 4 * (4 * 32 + 96 * 4)
+    assert counts["trainable"] == counts["adapter"] + counts["head"]
+    assert counts["total"] == counts["backbone"] + counts["trainable"]
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory) -> str:
+    """Upstream-format weights of the tiny backbones, as a user would have the real ones on disk."""
+    from vadapt.backbones import create_backbone
+
+    folder = tmp_path_factory.mktemp("weights")
+    for name in ("dinov2_test", "vit_patch16_test"):
+        torch.save(create_backbone(name).model.state_dict(), folder / f"{name}.pth")
+    return str(folder)
+
+
+def make_task(weights_dir: str, **overrides) -> SemanticSegmentationTask:
+    backbone = overrides.pop("backbone", "dinov2_test")
+    kwargs = dict(
+        backbone=backbone, weights=f"{weights_dir}/{backbone}.pth", bands=("red", "green", "blue", "nir"),
+        num_classes=3, adapter=LoraConfig(r=4), mean=[0.5] * 4, std=[0.5] * 4, lr=5e-3,
+    )
+    kwargs.update(overrides)
+    return SemanticSegmentationTask(**kwargs)
+
+
+@pytest.fixture
+def trained(tmp_path, scene_npz, backbone_weights):
+    """A task fitted for two short epochs through Lightning, with its checkpoint and datamodule."""
+    data = SceneDataModule([str(scene_npz)], bands=["red", "green", "blue", "nir"], crop_size=28, batch_size=4,
+                           samples_per_epoch=16, label_map={1: 1, 2: 2})
+    task = make_task(backbone_weights)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, datamodule=data)
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    return task, ckpt, data, trainer
+
+
+def validate(task, data) -> dict[str, float]:
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return {k: float(v) for k, v in trainer.validate(task, datamodule=data, verbose=False)[0].items()}
+
+
+def test_lightning_checkpoint_holds_only_trained_tensors_and_exports(trained, tmp_path, backbone_weights):
+    task, ckpt, data, _ = trained
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert not any(k.startswith("backbone.") and "lora_" not in k for k in state)
+    out = tmp_path / "adapter.safetensors"
+    lines = list(export(ckpt, out))
+    assert out.is_file() and "wrote" in lines[-1]
+    reloaded = load_adapter(out).eval()
+    task.eval()
+    x = torch.rand(2, 4, 56, 42)
+    with torch.no_grad():
+        assert torch.equal(task(x), reloaded(x))
+    assert validate(reloaded, data) == validate(task, data)
+    # the backbone weights stayed bit-identical to a fresh frozen backbone
+    fresh = make_task(backbone_weights)
+    frozen = {k for k, p in task.named_parameters() if not p.requires_grad}
+    for k, v in task.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, fresh.state_dict()[k]), k
+
+
+def test_merged_export_matches_and_needs_no_adapter(trained, tmp_path):
+    task, ckpt, _, _ = trained
+    merged_path = tmp_path / "merged.safetensors"
+    list(export(ckpt, merged_path, merge=True))
+    merged = load_adapter(merged_path).eval()
+    assert merged.adapter_config is None
+    x = torch.rand(2, 4, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), task.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_onnx_export_checked_with_onnxruntime(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, ckpt, _, _ = trained
+    out = tmp_path / "model.onnx"
+    lines = list(export(ckpt, out, onnx=True, input_size=(56, 56)))
+    assert out.is_file() and "onnxruntime" in lines[-1]
+
+
+def test_checkpoint_for_another_model_is_refused_clearly(tmp_path, backbone_weights):
+    path = save_adapter(make_task(backbone_weights), tmp_path / "r4.safetensors")
+    with pytest.raises(AdapterCheckpointError, match=r"made for .*'r': 4.*wrong shape"):
+        load_adapter_into(make_task(backbone_weights, adapter=LoraConfig(r=8)), path)
+    with pytest.raises(AdapterCheckpointError, match="vit_patch16_test"):
+        load_adapter_into(make_task(backbone_weights, backbone="vit_patch16_test"), path)
+    not_ours = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(not_ours))
+    with pytest.raises(AdapterCheckpointError, match="without a vadapt manifest"):
+        load_task(not_ours)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(AdapterCheckpointError, match="not a safetensors file"):
+        load_task(junk)
+
+
+def test_manifest_reproduces_preprocessing(tmp_path, backbone_weights):
+    task = make_task(backbone_weights, mean=[0.1, 0.2, 0.3, 0.4], std=[1, 2, 3, 4], class_names=["a", "b", "c"])
+    path = save_adapter(task, tmp_path / "a.safetensors")
+    from vadapt.checkpoint import read_manifest
+
+    manifest = read_manifest(path)
+    assert manifest["bands"] == ["red", "green", "blue", "nir"]
+    assert manifest["mean"] == pytest.approx([0.1, 0.2, 0.3, 0.4]) and manifest["std"] == [1, 2, 3, 4]
+    assert manifest["class_names"] == ["a", "b", "c"] and manifest["vadapt_version"]
+    assert manifest["adapter"]["class_path"].endswith("LoraConfig")
+    reloaded = load_adapter(path)
+    assert torch.equal(reloaded.input_mean, task.input_mean) and torch.equal(reloaded.input_std, task.input_std)
