@@ -9,6 +9,7 @@ upstream checkpoint after the family's ``checkpoint_filter``) and exposes per-la
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -130,14 +131,9 @@ class Backbone(nn.Module):
         conv = getattr(parent, attr)
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"{self.stem_conv} of {self.name} is a {type(conv).__name__}, not a Conv2d")
-        new = nn.Conv2d(
-            len(bands), conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, conv.bias is not None, conv.padding_mode,
-        )
-        with torch.no_grad():
-            new.weight.copy_(adapt_input_weight(conv.weight, self.bands, bands, init))
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
+        new = copy.deepcopy(conv)  # keeps the class (e.g. timm's Conv2dSame pads in its forward)
+        new.weight = nn.Parameter(adapt_input_weight(conv.weight.detach(), self.bands, bands, init))
+        new.in_channels = len(bands)
         setattr(parent, attr, new)
         self.bands = bands
 

@@ -45,10 +45,9 @@ class OpenClipViTBackbone(Backbone):
     rgb_mean = OPENAI_CLIP_MEAN
     rgb_std = OPENAI_CLIP_STD
     block_layout = "tokens"
-    # The MLP linears: attention is an nn.MultiheadAttention, whose fused in_proj is a bare Parameter, whose
-    # out_proj weight F.multi_head_attention_forward reads directly (a wrapper there is bypassed), and which
-    # peft only adapts by merging into in_proj_weight in place at every forward (the frozen weight drifts).
-    lora_targets = ("c_fc", "c_proj")
+    # Each block's nn.MultiheadAttention is swapped for FusedQKVAttention (same maths, same weights), whose
+    # fused ``qkv`` and ``out_proj`` are plain Linears that peft adapts like any ViT's.
+    lora_targets = ("qkv",)
     adapter_targets = ("mlp",)
 
     def __init__(
@@ -85,6 +84,8 @@ class OpenClipViTBackbone(Backbone):
             raise ValueError(f"{arch} is not a plain open_clip VisionTransformer")
         quick_gelu = quick_gelu or config.get("quick_gelu", False)
         self.model = _build_vision_tower(config["embed_dim"], cfg, quick_gelu=quick_gelu)
+        for block in self.model.transformer.resblocks:
+            block.attn = FusedQKVAttention.from_multihead(block.attn)
         if rgb_mean is not None:
             self.rgb_mean = tuple(rgb_mean)
         if rgb_std is not None:
@@ -141,7 +142,7 @@ class OpenClipViTBackbone(Backbone):
         out = {}
         for key, value in state_dict.items():
             if key.startswith("visual."):
-                out[key[len("visual."):]] = value
+                out[_to_fused_qkv_key(key[len("visual."):])] = value
             elif key in TEXT_KEYS or key.startswith(TEXT_PREFIXES):
                 continue
             else:
@@ -155,6 +156,56 @@ class OpenClipViTBackbone(Backbone):
                     pos[None].float(), list(self.model.grid_size), old_size=[side, side], num_prefix_tokens=1
                 )[0].to(pos.dtype)
         return out
+
+
+class FusedQKVAttention(nn.Module):
+    """Self-attention with the call signature of ``nn.MultiheadAttention`` and ``qkv`` / ``out_proj`` Linears.
+
+    ``nn.MultiheadAttention`` keeps its fused projection as a bare ``in_proj_weight`` and reads ``out_proj``'s
+    weight directly, so peft can only adapt it by merging into the frozen weight in place at every forward
+    (the frozen weight drifts by rounding). This module computes the same attention with ordinary Linears.
+    Shapes: ``(B, N, C) -> (B, N, C)`` (``(N, B, C)`` if the original was not batch-first).
+    """
+
+    def __init__(self, dim: int, num_heads: int, batch_first: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.batch_first = batch_first
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    @classmethod
+    def from_multihead(cls, mha: nn.MultiheadAttention) -> FusedQKVAttention:
+        if not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None:
+            raise ValueError("only plain self-attention nn.MultiheadAttention (fused, with bias) is supported")
+        new = cls(mha.embed_dim, mha.num_heads, mha.batch_first)
+        with torch.no_grad():
+            new.qkv.weight.copy_(mha.in_proj_weight)
+            new.qkv.bias.copy_(mha.in_proj_bias)
+            new.out_proj.load_state_dict(mha.out_proj.state_dict())
+        return new
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        import torch.nn.functional as F
+
+        if key is not None and key is not query or value is not None and value is not query:
+            raise ValueError("FusedQKVAttention does self-attention only")
+        x = query if self.batch_first else query.transpose(0, 1)
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def _to_fused_qkv_key(key: str) -> str:
+    """open_clip's ``...attn.in_proj_weight`` / ``in_proj_bias`` -> ``...attn.qkv.weight`` / ``qkv.bias``."""
+    if key.endswith(".attn.in_proj_weight"):
+        return key[: -len("in_proj_weight")] + "qkv.weight"
+    if key.endswith(".attn.in_proj_bias"):
+        return key[: -len("in_proj_bias")] + "qkv.bias"
+    return key
 
 
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip.constants.HF_WEIGHTS_NAME

@@ -15,14 +15,11 @@ removed, so its checkpoint keys are dropped too.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from vadapt.bands import BandInit, adapt_input_weight, check_bands
 from vadapt.weights import WeightsSource, unwrap_state_dict
 
 from .base import Backbone, register_backbone
@@ -143,18 +140,6 @@ class EfficientNetLiteBackbone(Backbone):
                 out[key] = value
         return out
 
-    def set_bands(self, bands: Sequence[str], init: BandInit = "copy") -> None:
-        """As the base class, but keeps the stem's class: timm's ``Conv2dSame`` pads in its forward."""
-        bands = check_bands(bands)
-        if bands == self.bands:
-            return
-        conv = self.model.conv_stem
-        new = copy.deepcopy(conv)
-        with torch.no_grad():
-            new.weight = nn.Parameter(adapt_input_weight(conv.weight, self.bands, bands, init))
-        new.in_channels = len(bands)
-        self.model.conv_stem = new
-        self.bands = bands
 
 
 register_backbone(

@@ -32,7 +32,7 @@ def _perturb(module: nn.Module, seed: int = 0) -> None:
 
 def _write_clip_checkpoint(backbone, path, drop=(), extra=None):
     """A full open_clip state dict: ``visual.*`` plus text-tower keys (tiny fake ones)."""
-    sd = {f"visual.{k}": v.clone() for k, v in backbone.model.state_dict().items()}
+    sd = {f"visual.{_upstream_key(k)}": v.clone() for k, v in backbone.model.state_dict().items()}
     sd.update({
         "positional_embedding": torch.randn(77, 16),
         "token_embedding.weight": torch.randn(100, 16),
@@ -49,6 +49,11 @@ def _write_clip_checkpoint(backbone, path, drop=(), extra=None):
     sd.update(extra or {})
     torch.save(sd, path)
     return path
+
+
+def _upstream_key(key: str) -> str:
+    """Our fused-qkv Linear names back to open_clip's nn.MultiheadAttention names."""
+    return key.replace(".attn.qkv.weight", ".attn.in_proj_weight").replace(".attn.qkv.bias", ".attn.in_proj_bias")
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +76,19 @@ def test_clip_checkpoint_roundtrip(clip_src, tmp_path):
 
 
 def test_clip_forward_matches_open_clip(clip_src):
-    """Our dense forward equals open_clip's forward_intermediates with ln_post on every level."""
+    """Our dense forward (fused-qkv attention) equals upstream open_clip's forward_intermediates."""
+    import open_clip
+    from open_clip.model import _build_vision_tower
+
+    config = open_clip.get_model_config("ViT-B-16")
+    upstream = _build_vision_tower(
+        config["embed_dim"], {**config["vision_cfg"], "image_size": 64, "width": 32, "layers": 4, "head_width": 16}
+    ).eval()
+    assert isinstance(upstream.transformer.resblocks[0].attn, nn.MultiheadAttention)
+    upstream.load_state_dict({_upstream_key(k): v for k, v in clip_src.model.state_dict().items()})
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        ref = clip_src.model.forward_intermediates(
+        ref = upstream.forward_intermediates(
             x, indices=list(clip_src.out_indices), normalize_intermediates=True, intermediates_only=True
         )["image_intermediates"]
         ours = clip_src(x)
