@@ -173,3 +173,11 @@ def test_manifest_reproduces_preprocessing(tmp_path, backbone_weights):
     assert manifest["adapter"]["class_path"].endswith("LoraConfig")
     reloaded = load_adapter(path)
     assert torch.equal(reloaded.input_mean, task.input_mean) and torch.equal(reloaded.input_std, task.input_std)
+
+
+def test_training_raises_validation_miou(trained, backbone_weights):
+    task, _, data, _ = trained
+    untrained = make_task(backbone_weights)
+    before, after = validate(untrained, data), validate(task, data)
+    assert after["val/miou"] > before["val/miou"] + 0.05, (before, after)
+    assert after["val/loss"] < before["val/loss"]
