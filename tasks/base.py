@@ -126,9 +126,11 @@ class BaseTask(L.LightningModule):
         return count_parameters(self, self.backbone)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        task = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["state_dict"] = self.adapter_state_dict()
-        checkpoint["hyper_parameters"] = self.plain_hparams()
-        checkpoint["vadapt_task"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # JSON-safe (loadable with weights_only=True); `_class_path` is what LightningCLI's --ckpt_path reads
+        checkpoint["hyper_parameters"] = {**self.plain_hparams(), "_class_path": task}
+        checkpoint["vadapt_task"] = task
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [ExportAdapterOnFitEnd()]

@@ -181,3 +181,12 @@ def test_training_raises_validation_miou(trained, backbone_weights):
     before, after = validate(untrained, data), validate(task, data)
     assert after["val/miou"] > before["val/miou"] + 0.05, (before, after)
     assert after["val/loss"] < before["val/loss"]
+
+
+def test_cli_fit_then_validate_from_checkpoint(tmp_path):
+    config = str(CONF / "seg_dinov2_lora.yaml")
+    main(["fit", "--config", config, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.enable_checkpointing", "true", "--trainer.limit_val_batches", "1"])
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    assert (tmp_path / "adapter.safetensors").is_file()
+    main(["validate", "--config", config, "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1"])

@@ -154,7 +154,7 @@ def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = Non
         raise AdapterCheckpointError(f"cannot read {path} as a weights-only Lightning checkpoint: {exc}") from exc
     if not isinstance(ckpt, dict) or "vadapt_task" not in ckpt:
         raise AdapterCheckpointError(f"{path} is not a Lightning checkpoint written by a vadapt task")
-    init_args = dict(ckpt["hyper_parameters"])
+    init_args = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     if weights is not None:
         init_args["weights"] = weights
     task = build_task(ckpt["vadapt_task"], init_args)
