@@ -15,7 +15,7 @@ from vadapt.adapters import (
     can_merge,
     merge_adapter,
 )
-from vadapt.backbones import BACKBONES, create_backbone
+from vadapt.backbones import BACKBONES, Backbone, create_backbone
 
 CASES = {
     "lora-dinov2": ("dinov2_test", lambda: LoraConfig(r=4, lora_alpha=8)),
@@ -189,3 +189,58 @@ def test_no_grad_prefix_and_checkpointing_give_the_same_gradients():
         got = _grads(backbone, ckpt, prefix)
         for n in reference:
             torch.testing.assert_close(got[n], reference[n], atol=1e-6, rtol=1e-5)
+
+
+class _SplitAttentionBlock(nn.Module):
+    """A pre-norm attention block with separate q / k / v projections (as in HF/Eva-style ViTs)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        att = nn.functional.scaled_dot_product_attention(self.q(h), self.k(h), self.v(h))
+        return x + self.proj(att)
+
+
+class _SplitQKVBackbone(Backbone):
+    """A minimal backbone of split-projection blocks: adapters attach by module name, whatever the family."""
+
+    stem_conv = "embed"
+
+    def __init__(self, dim: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.name = "split_qkv_test"
+        self.model = nn.Module()
+        self.model.embed = nn.Conv2d(3, dim, 4, 4)
+        self.model.blocks = nn.ModuleList(_SplitAttentionBlock(dim) for _ in range(depth))
+        self.out_channels, self.strides, self.patch_size, self.pad_multiple = [dim], [4], 4, 4
+        self.freeze()
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.blocks
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        tokens = self.model.embed(x)
+        b, c, h, w = tokens.shape
+        out = self.run_blocks(tokens.flatten(2).transpose(1, 2), [len(self.blocks) - 1])[0]
+        return [out.transpose(1, 2).reshape(b, c, h, w)]
+
+
+def test_lora_on_split_q_v_projections_leaves_k_alone_and_merges():
+    backbone = _SplitQKVBackbone()
+    x = torch.randn(2, 3, 16, 20)
+    apply_adapter(backbone, LoraConfig(r=2, target_modules=["q", "v"]))
+    names = trainable_names(backbone)
+    assert len(names) == 2 * 2 * 2 and not any(".k." in n for n in names)
+    assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == 2 * 2 * (2 * 16 + 16 * 2)
+    with torch.no_grad():
+        for n, p in backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+        unmerged = backbone(x)
+        merge_adapter(backbone, LoraConfig())
+        torch.testing.assert_close(backbone(x)[0], unmerged[0], atol=1e-5, rtol=1e-5)
