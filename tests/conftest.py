@@ -31,3 +31,9 @@ def scene_npz(tmp_path: Path) -> Path:
     path = tmp_path / "scene.npz"
     np.savez(path, img=img.astype(np.float32), msk=msk, bands=np.array(["red", "green", "blue", "nir"]))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo_root(monkeypatch) -> None:
+    """Configs name data/ relative to the repository, as users run them from there."""
+    monkeypatch.chdir(REPO)
