@@ -164,6 +164,16 @@ class Backbone(nn.Module):
         }
 
 
+def resolve_out_indices(out_indices: Sequence[int] | None, depth: int, n: int = 4) -> tuple[int, ...]:
+    """Validated, non-negative block indices; default ``n`` evenly spaced ending with the last (ViT-B: 2,5,8,11)."""
+    if out_indices is None:
+        n = min(n, depth)
+        return tuple(depth - 1 - (n - 1 - i) * (depth // n) for i in range(n))
+    if not out_indices or not all(-depth <= i < depth for i in out_indices):
+        raise ValueError(f"out_indices {list(out_indices)} must be non-empty and within the {depth} blocks")
+    return tuple(i % depth for i in out_indices)
+
+
 def _parent_and_attr(root: nn.Module, path: str) -> tuple[nn.Module, str]:
     *parents, attr = path.split(".")
     module = root

@@ -24,8 +24,7 @@ from torch import nn
 
 from vadapt.weights import WeightsSource, strip_prefix, unwrap_state_dict
 
-from .base import Backbone, register_backbone
-from .vit import _default_out_indices
+from .base import Backbone, register_backbone, resolve_out_indices
 
 # open_clip.constants (literals here so that importing this module does not import open_clip)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -91,11 +90,7 @@ class OpenClipViTBackbone(Backbone):
         if rgb_std is not None:
             self.rgb_std = tuple(rgb_std)
 
-        depth = len(self.model.transformer.resblocks)
-        self.out_indices = tuple(out_indices) if out_indices is not None else _default_out_indices(depth)
-        if not all(-depth <= i < depth for i in self.out_indices):
-            raise ValueError(f"out_indices {self.out_indices} out of range for {depth} blocks")
-        self.out_indices = tuple(i % depth for i in self.out_indices)
+        self.out_indices = resolve_out_indices(out_indices, len(self.model.transformer.resblocks))
         patch = self.model.patch_size
         if patch[0] != patch[1]:
             raise ValueError(f"non-square patches {patch} are not supported")

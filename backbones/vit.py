@@ -19,13 +19,7 @@ from torch import nn
 
 from vadapt.weights import WeightsSource, unwrap_state_dict
 
-from .base import Backbone, register_backbone
-
-
-def _default_out_indices(depth: int, n: int = 4) -> tuple[int, ...]:
-    """``n`` evenly spaced blocks ending with the last one (ViT-B: 2, 5, 8, 11)."""
-    n = min(n, depth)
-    return tuple(depth - 1 - (n - 1 - i) * (depth // n) for i in range(n))
+from .base import Backbone, register_backbone, resolve_out_indices
 
 
 class TimmViTBackbone(Backbone):
@@ -46,11 +40,7 @@ class TimmViTBackbone(Backbone):
         self.model = timm.create_model(
             arch, pretrained=False, num_classes=0, img_size=img_size, dynamic_img_size=True, **arch_kwargs
         )
-        depth = len(self.model.blocks)
-        self.out_indices = tuple(out_indices) if out_indices is not None else _default_out_indices(depth)
-        if not all(-depth <= i < depth for i in self.out_indices):
-            raise ValueError(f"out_indices {self.out_indices} out of range for {depth} blocks")
-        self.out_indices = tuple(i % depth for i in self.out_indices)
+        self.out_indices = resolve_out_indices(out_indices, len(self.model.blocks))
         self.patch_size = self.pad_multiple = self.model.patch_embed.patch_size[0]
         self.out_channels = [self.model.embed_dim] * len(self.out_indices)
         self.strides = [self.patch_size] * len(self.out_indices)

@@ -7,12 +7,18 @@ next.
 
 Memory method (Linux): after the model, head, optimizer and the input batch exist, the worker runs
 ``gc.collect()``, reads the current RSS (``VmRSS`` in ``/proc/self/status``) as the *baseline*, and resets the
-kernel's peak-RSS counter by writing ``5`` to ``/proc/self/clear_refs``. After the first training step it
-reads the peak (``VmHWM``, the counter behind ``ru_maxrss``). ``added = peak - baseline``: everything the
-first step needed on top of the built model: activations saved for backward, gradients, AdamW's two state
-buffers (created lazily in the first ``step()``), and temporaries. The counter is reset again before the
-timed steps, and their peak is reported too (``steady``). If ``clear_refs`` is not writable the worker falls
-back to ``ru_maxrss`` without a reset (and says so in the output).
+kernel's peak-RSS counter by writing ``5`` to ``/proc/self/clear_refs``. It then runs ``1 + --steps`` training
+steps and reads the peak (``VmHWM``, the counter behind ``ru_maxrss``) after the first step and after the
+last. ``added = peak over all steps - baseline``: activations saved for backward, gradients, AdamW's two
+state buffers, temporaries, and whatever the C allocator keeps. AdamW creates its state lazily inside the
+first ``step()``, after backward has freed the activations, so only the later steps hold state and
+activations at once: the first-step peak alone (also reported) undercounts full fine-tuning. If
+``clear_refs`` is not writable the worker falls back to the lifetime ``ru_maxrss`` (and says so).
+
+``--malloc-mmap-threshold BYTES`` makes each worker call glibc ``mallopt(M_MMAP_THRESHOLD, BYTES)`` before
+importing torch. That fixes the threshold (glibc otherwise raises it dynamically up to 32 MiB after large
+frees), so large tensors are ``mmap``-ed and returned to the OS when freed instead of being kept, fragmented,
+in malloc's heap; it separates what the step needs from what the allocator retains.
 
 Time: the first step is the warm-up (it also allocates AdamW state); the median wall time of the next
 ``--steps`` steps is reported.
@@ -156,9 +162,20 @@ def build(impl: str, mode: str, img_size: int):
     return backbone, features, backbone.out_channels[-1]
 
 
+def set_mmap_threshold(nbytes: int) -> bool:
+    """glibc ``mallopt(M_MMAP_THRESHOLD, nbytes)``; False where that is not available."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes)))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
+
+
 def worker(args: argparse.Namespace) -> dict:
     import gc
 
+    mallopt_ok = set_mmap_threshold(args.malloc_mmap_threshold) if args.malloc_mmap_threshold else None
     import torch
     from torch import nn
 
@@ -174,10 +191,13 @@ def worker(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     y = torch.randint(0, NUM_CLASSES, (args.batch, side, side))
 
+    missing_grads = []
+
     def step() -> None:
         logits = head(features(x))
         loss = nn.functional.cross_entropy(logits, y)
         loss.backward()
+        missing_grads.append(sum(p.grad is None for p in trainable))  # sanity: every trainable param got a grad
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -191,21 +211,23 @@ def worker(args: argparse.Namespace) -> dict:
     first_time = time.perf_counter() - t0
     first_peak = peak_mb()
 
-    reset_peak()
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    steady_peak = peak_mb()
+    run_peak = peak_mb()
     return {
         "impl": args.impl,
         "mode": args.mode,
         "trainable_params": n_trainable + sum(p.numel() for p in head.parameters()),
         "baseline_mb": baseline,
-        "peak_mb": first_peak,
-        "added_mb": first_peak - baseline,
-        "steady_added_mb": steady_peak - baseline,
+        "peak_mb": run_peak,
+        "added_mb": run_peak - baseline,
+        "first_step_added_mb": first_peak - baseline,
+        "params_without_grad": max(missing_grads),
+        "mmap_threshold": args.malloc_mmap_threshold,
+        "mallopt_ok": mallopt_ok,
         "first_step_s": first_time,
         "step_s": statistics.median(times),
         "step_times_s": times,
@@ -221,7 +243,7 @@ def run_one(impl: str, mode: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--mode", mode,
         "--img-size", str(args.img_size), "--batch", str(args.batch), "--steps", str(args.steps),
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--malloc-mmap-threshold", str(args.malloc_mmap_threshold),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -234,10 +256,11 @@ def table(results: list[dict], modes: list[str], impls: list[str]) -> str:
         return statistics.median(r[key] for r in rows)
 
     groups = {(m, i): [r for r in results if r["mode"] == m and r["impl"] == i] for m in modes for i in impls}
+    multi = max(len(g) for g in groups.values()) > 1
     lines = [
-        "| mode | impl | trainable params | added MB (median) | added MB (runs) | ratio to full FT | "
-        "steady-step added MB | step time s (median) |",
-        "|---|---|---:|---:|---|---:|---:|---:|",
+        "| mode | impl | trainable params | added MB | ratio to full FT (same impl) | first-step added MB | "
+        "step time s |" + (" added MB per run |" if multi else ""),
+        "|---|---|---:|---:|---:|---:|---:|" + ("---|" if multi else ""),
     ]
     for m in modes:
         for i in impls:
@@ -246,24 +269,29 @@ def table(results: list[dict], modes: list[str], impls: list[str]) -> str:
                 continue
             added = med(rows, "added_mb")
             full = groups.get(("full", i))
-            ratio = f"{added / med(full, 'added_mb'):.3f}" if full else "n/a"
-            runs = ", ".join(f"{r['added_mb']:.0f}" for r in rows)
-            lines.append(
-                f"| {m} | {i} | {rows[0]['trainable_params']:,} | {added:.0f} | {runs} | {ratio} | "
-                f"{med(rows, 'steady_added_mb'):.0f} | {med(rows, 'step_s'):.2f} |"
+            ratio = f"{added / med(full, 'added_mb'):.2f}x" if full else "n/a"
+            line = (
+                f"| {m} | {i} | {rows[0]['trainable_params']:,} | {added:.0f} | {ratio} | "
+                f"{med(rows, 'first_step_added_mb'):.0f} | {med(rows, 'step_s'):.2f} |"
             )
+            if multi:
+                line += " " + ", ".join(f"{r['added_mb']:.0f}" for r in rows) + " |"
+            lines.append(line)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=2, help="fresh processes per (mode, impl) (default 2)")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per (mode, impl) (default 1)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (default 2)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     parser.add_argument("--img-size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=0, metavar="BYTES",
+                        help="workers call glibc mallopt(M_MMAP_THRESHOLD, BYTES) first (default 0: leave glibc's "
+                        "dynamic threshold alone)")
     parser.add_argument("--json", help="also write all raw results to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
@@ -276,6 +304,7 @@ def main() -> None:
 
     results = []
     start = time.perf_counter()
+    load_before = os.getloadavg()
     for rep in range(args.repeats):
         for mode in args.modes:
             for impl in args.impls:  # interleaved, so slow drift hits both implementations alike
@@ -284,17 +313,28 @@ def main() -> None:
                 results.append(r)
                 print(
                     f"[{time.perf_counter() - start:6.0f}s] rep {rep} {mode:10s} {impl:6s} "
-                    f"baseline {r['baseline_mb']:.0f} MB, added {r['added_mb']:.0f} MB, "
-                    f"steady {r['steady_added_mb']:.0f} MB, step {r['step_s']:.2f} s",
+                    f"baseline {r['baseline_mb']:.0f} MB, added {r['added_mb']:.0f} MB "
+                    f"(first step {r['first_step_added_mb']:.0f} MB), step {r['step_s']:.2f} s, "
+                    f"params without grad {r['params_without_grad']}",
                     file=sys.stderr, flush=True,
                 )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    bad = [r for r in results if r["params_without_grad"]]
+    if bad:
+        print(f"WARNING: trainable parameters without a gradient in {[(r['mode'], r['impl']) for r in bad]}")
+    allocator = (
+        f"glibc mallopt(M_MMAP_THRESHOLD, {args.malloc_mmap_threshold})" if args.malloc_mmap_threshold
+        else "default glibc malloc"
+    )
     print(
         f"\nViT-B/16 ({ARCH}), {args.img_size}x{args.img_size}, batch {args.batch}, float32, CPU, "
-        f"{args.threads} threads, torch {results[0]['torch']}, {args.repeats} fresh process(es) per row, "
-        f"step time = median of {args.steps} steps after the first\n"
+        f"{args.threads} threads, torch {results[0]['torch']}, {allocator}; {args.repeats} fresh process(es) "
+        f"per row; added MB = peak RSS over {args.steps + 1} steps - RSS after model + optimizer creation; "
+        f"step time = median of the {args.steps} steps after the first; "
+        f"{time.perf_counter() - start:.0f} s total; load average before / after "
+        f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}\n"
     )
     print(table(results, args.modes, args.impls))
 

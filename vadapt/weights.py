@@ -131,13 +131,10 @@ def strip_prefix(state_dict: dict, prefix: str) -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
-def load_strict(module: nn.Module, state_dict: dict, source: str, allow_missing: tuple[str, ...] = ()) -> None:
-    """Load ``state_dict`` into ``module``; raise if any key is missing, unexpected or mis-shaped.
-
-    ``allow_missing`` lists key prefixes the checkpoint legitimately lacks (e.g. heads it never had).
-    """
+def load_strict(module: nn.Module, state_dict: dict, source: str) -> None:
+    """Load ``state_dict`` into ``module``; raise if any key is missing, unexpected or mis-shaped."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.startswith(allow_missing)]
+    missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"

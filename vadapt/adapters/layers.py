@@ -6,12 +6,7 @@ from torch import nn
 
 
 class AdapterLayer(nn.Module):
-    """Marker base class: every parameter of an ``AdapterLayer`` outside ``base_layer`` is trainable."""
-
-    def adapter_parameters(self):
-        for name, p in self.named_parameters():
-            if not name.startswith("base_layer."):
-                yield p
+    """Base of our wrapper layers: the frozen module is ``base_layer`` (peft's name), the rest is the adapter."""
 
 
 def first_width(module: nn.Module, layout: str) -> tuple[int, int]:
