@@ -40,6 +40,8 @@ class Backbone(nn.Module):
     #: default module names for LoRA and for bottleneck adapters (peft-style suffixes)
     lora_targets: tuple[str, ...] = ("qkv",)
     adapter_targets: tuple[str, ...] = ("mlp",)
+    #: ``"tokens"`` layout: leading non-patch tokens (class, registers) in every block's sequence
+    num_prefix_tokens: int = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +52,8 @@ class Backbone(nn.Module):
         self.patch_size = 1
         self.pad_multiple = 1
         self.grad_checkpointing = False
+        #: ``"tokens"`` layout: (h, w) patch grid of the current forward, so adapters can fold tokens to maps
+        self.token_grid: tuple[int, int] | None = None
 
     # ---- what each family implements -------------------------------------------------------------------
     @property

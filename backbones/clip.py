@@ -48,6 +48,7 @@ class OpenClipViTBackbone(Backbone):
     # fused ``qkv`` and ``out_proj`` are plain Linears that peft adapts like any ViT's.
     lora_targets = ("qkv",)
     adapter_targets = ("mlp",)
+    num_prefix_tokens = 1  # the class token
 
     def __init__(
         self,
@@ -109,6 +110,7 @@ class OpenClipViTBackbone(Backbone):
         m = self.model
         x = m.conv1(x)  # (B, C, h, w)
         batch, width, h, w = x.shape
+        self.token_grid = (h, w)
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
         cls = m.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
         x = torch.cat([cls, x], dim=1)

@@ -41,6 +41,7 @@ class TimmViTBackbone(Backbone):
             arch, pretrained=False, num_classes=0, img_size=img_size, dynamic_img_size=True, **arch_kwargs
         )
         self.out_indices = resolve_out_indices(out_indices, len(self.model.blocks))
+        self.num_prefix_tokens = self.model.num_prefix_tokens
         self.patch_size = self.pad_multiple = self.model.patch_embed.patch_size[0]
         self.out_channels = [self.model.embed_dim] * len(self.out_indices)
         self.strides = [self.patch_size] * len(self.out_indices)
@@ -52,7 +53,7 @@ class TimmViTBackbone(Backbone):
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         m = self.model
         tokens = m.patch_embed(x)  # (B, h, w, C) with dynamic_img_size
-        h, w = tokens.shape[1:3]
+        h, w = self.token_grid = tuple(tokens.shape[1:3])
         tokens = m.norm_pre(m.patch_drop(m._pos_embed(tokens)))
         outs = self.run_blocks(tokens, self.out_indices)
         maps = []
