@@ -10,16 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import ADAPTERS, AdapterConfig, AdapterMethod, find_targets
-from .bottleneck import BottleneckConfig, inject_bottleneck
-from .lora import LoraConfig, inject_lora, merge_lora
-from .vpt import VPTConfig, inject_vpt
+from .bottleneck import BottleneckConfig  # each method's package registers itself in ADAPTERS
+from .lora import LoraConfig
+from .vpt import VPTConfig
 
 if TYPE_CHECKING:
     from vadapt.backbones import Backbone
-
-ADAPTERS.register("lora", AdapterMethod(LoraConfig, inject_lora, merge_lora))
-ADAPTERS.register("bottleneck", AdapterMethod(BottleneckConfig, inject_bottleneck))
-ADAPTERS.register("vpt", AdapterMethod(VPTConfig, inject_vpt))
 
 
 def _method(config: AdapterConfig) -> AdapterMethod:
