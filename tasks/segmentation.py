@@ -1,4 +1,8 @@
-"""Semantic segmentation: frozen backbone + adapter + light head, cross-entropy, mIoU."""
+"""Semantic segmentation: frozen backbone + adapter + decode head, cross-entropy, mmseg-style metrics.
+
+Each validation epoch also saves a picture of a few validation images (input | truth | prediction) to
+``<log_dir>/predictions/epoch_NNN.png``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from vadapt.adapters import AdapterConfig
 from vadapt.bands import RGB, BandInit
 
 from .base import BaseTask
-from .heads import FPNHead, LinearHead
+from .heads import FPNHead, LinearHead, UPerNetHead
+from .metrics import segmentation_scores, stat_scores
 
 
 class SemanticSegmentationTask(BaseTask):
@@ -31,8 +36,8 @@ class SemanticSegmentationTask(BaseTask):
         num_classes: int = 2,
         class_names: list[str] | None = None,
         adapter: AdapterConfig | None = None,
-        head: Literal["fpn", "linear"] = "fpn",
-        head_channels: int = 64,
+        head: Literal["uper", "fpn", "linear"] = "uper",
+        head_channels: int = 256,
         ignore_index: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
@@ -43,6 +48,7 @@ class SemanticSegmentationTask(BaseTask):
         img_size: int | None = None,
         extra_band_init: BandInit = "copy",
         grad_checkpointing: bool = False,
+        preview_images: int = 4,
     ) -> None:
         """
         Args:
@@ -52,13 +58,15 @@ class SemanticSegmentationTask(BaseTask):
             num_classes: number of classes; ``class_names`` optionally names them.
             adapter: e.g. ``{class_path: vadapt.adapters.LoraConfig, init_args: {r: 8}}``; ``None`` = linear probe
                 of the frozen features (only the head trains).
-            head: ``"fpn"`` (multi-scale fusion) or ``"linear"`` (linear probe).
+            head: ``"uper"`` (UPerNet; ViT maps go through a ViTDet pyramid first), ``"fpn"`` (light
+                multi-scale fusion) or ``"linear"`` (linear probe); ``head_channels`` is its width.
             ignore_index: mask value excluded from loss and metrics.
             lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay.
             mean, std: per-band input statistics (raw units); default: pretraining RGB statistics.
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
             extra_band_init: first-layer init of bands the pretrained model lacks.
             grad_checkpointing: recompute adapted blocks in backward to save memory.
+            preview_images: validation images drawn in the per-epoch picture (0 = none).
         """
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
@@ -69,27 +77,22 @@ class SemanticSegmentationTask(BaseTask):
         channels = self.backbone.out_channels
         if hp["head"] == "linear":
             self.head: nn.Module = LinearHead(channels, hp["num_classes"])
-        else:
+        elif hp["head"] == "fpn":
             self.head = FPNHead(channels, hp["num_classes"], hp["head_channels"])
+        elif hp["head"] == "uper":
+            self.head = UPerNetHead(channels, self.backbone.strides, hp["num_classes"], hp["head_channels"])
+        else:
+            raise ValueError(f"head must be uper, fpn or linear; got {hp['head']!r}")
 
     def configure_losses(self) -> None:
         ignore = self.hparams["ignore_index"]
         self.criterion = nn.CrossEntropyLoss(ignore_index=-100 if ignore is None else ignore)
 
     def configure_metrics(self) -> None:
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-
-        kwargs = {"num_classes": self.hparams["num_classes"], "ignore_index": self.hparams["ignore_index"]}
-        metrics = MetricCollection(
-            {
-                "miou": MulticlassJaccardIndex(average="macro", **kwargs),
-                "acc": MulticlassAccuracy(average="micro", **kwargs),
-            }
-        )
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "test")}
-        )
+        num_classes, ignore = self.hparams["num_classes"], self.hparams["ignore_index"]
+        # "fit", not "train": nn.Module.train is a method, so it cannot be a ModuleDict key
+        self.stats = nn.ModuleDict({stage: stat_scores(num_classes, ignore) for stage in ("fit", "val", "test")})
+        self._preview: list[tuple] = []
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, len(bands), H, W)`` raw values -> logits ``(B, num_classes, H, W)``."""
@@ -99,12 +102,52 @@ class SemanticSegmentationTask(BaseTask):
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits.argmax(1), batch["mask"])
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(logits))
-        self.log_dict(metrics, prog_bar=stage != "train", on_step=False, on_epoch=True)
+        prediction = logits.argmax(1)
+        self.stats["fit" if stage == "train" else stage].update(prediction, batch["mask"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
+                 batch_size=len(logits))
+        if stage == "val" and len(self._preview) < self.hparams["preview_images"]:
+            take = self.hparams["preview_images"] - len(self._preview)
+            for img, truth, pred in zip(batch["image"][:take], batch["mask"][:take], prediction[:take]):
+                self._preview.append((img.float().cpu().numpy(), truth.cpu().numpy(), pred.cpu().numpy()))
         return loss
+
+    def _log_scores(self, stage: str) -> None:
+        metric = self.stats["fit" if stage == "train" else stage]
+        tp, fp, _, fn, _ = metric.compute().unbind(-1)
+        metric.reset()
+        scores = segmentation_scores(tp, fp, fn)
+        values = {f"{stage}/{k}": float(scores[k]) for k in ("mdice", "macc", "aacc")}
+        names = self.hparams["class_names"] or [str(i) for i in range(self.hparams["num_classes"])]
+        values.update({f"{stage}/iou_{name}": float(v) for name, v in zip(names, scores["iou"])})
+        self.log_dict(values)  # already global: torchmetrics syncs the counts across processes
+        self.log(f"{stage}/miou", float(scores["miou"]), prog_bar=stage != "train")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_scores("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+        self._save_preview()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _save_preview(self) -> None:
+        rows, self._preview = self._preview, []
+        trainer = self._trainer
+        if not rows or trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        from pathlib import Path
+
+        from vadapt.visualize import prediction_panel
+
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        panel = prediction_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
+        path = folder / f"epoch_{self.current_epoch:03d}.png"
+        panel.save(folder / f".{path.name}.tmp.png")
+        (folder / f".{path.name}.tmp.png").replace(path)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")

@@ -9,12 +9,14 @@ from torch import nn
 from vadapt.adapters import (
     ADAPTERS,
     BottleneckConfig,
+    EarthAdapterConfig,
     LoraConfig,
     VPTConfig,
     apply_adapter,
     can_merge,
     merge_adapter,
 )
+from vadapt.adapters.cloud_adapter import CloudAdapterConfig
 from vadapt.backbones import BACKBONES, Backbone, create_backbone
 
 CASES = {
@@ -32,6 +34,19 @@ CASES = {
     "bottleneck-effnet": ("efficientnet_lite0_test", lambda: BottleneckConfig(adapter_dim=8)),
     "vpt-dinov2": ("dinov2_test", lambda: VPTConfig(num_tokens=4)),
     "vpt-clip": ("clip_test", lambda: VPTConfig(num_tokens=4, layers=[0, 2])),
+    "earth-dinov2": ("dinov2_test", lambda: EarthAdapterConfig(adapter_dim=8)),
+    "earth-vit16": ("vit_patch16_test", lambda: EarthAdapterConfig(adapter_dim=8, layers=[1, 3], fft_layers=[3])),
+    "earth-clip": ("clip_test", lambda: EarthAdapterConfig(adapter_dim=8, cutoff_ratio=0.2)),
+    "earth-sam": ("sam_test", lambda: EarthAdapterConfig(adapter_dim=8)),
+    "earth-sam2": ("sam2_test", lambda: EarthAdapterConfig(adapter_dim=4)),
+    "cloud_adapter-dinov2": ("dinov2_test", lambda: CloudAdapterConfig(
+        context_dim=8, context_depth=2, num_heads=2, head_dim=8, norm_groups=4, rank=4)),
+    "cloud_adapter-clip": ("clip_test", lambda: CloudAdapterConfig(
+        context_dim=8, context_depth=2, num_heads=2, head_dim=8, norm_groups=4, rank=4, layers=[1, 3])),
+    "cloud_adapter-sam": ("sam_test", lambda: CloudAdapterConfig(
+        context_dim=8, context_depth=2, num_heads=2, head_dim=8, norm_groups=4, rank=4)),
+    "cloud_adapter-sam2": ("sam2_test", lambda: CloudAdapterConfig(
+        context_dim=8, context_depth=2, num_heads=2, head_dim=8, norm_groups=4, rank=None)),
 }
 CASES = {k: v for k, v in CASES.items() if v[0] in BACKBONES}
 IDS = list(CASES)

@@ -24,8 +24,8 @@ def export(
 
     * default: the adapter checkpoint (trained tensors + manifest);
     * ``merge``: LoRA/DoRA folded into the backbone, full weights (needs no backbone file to load);
-    * ``onnx``: the merged model as ONNX (input ``image`` ``(B, bands, H, W)`` raw values, output
-      ``logits``), checked against PyTorch with onnxruntime.
+    * ``onnx``: the merged model as ONNX (input ``image`` ``(B, bands, H, W)`` raw values with ``H, W`` fixed
+      to ``input_size``, output ``logits``), checked against PyTorch with onnxruntime.
     """
     task = load_task(checkpoint, weights).eval()
     yield f"loaded {checkpoint}: {task.parameter_counts()['trainable']:,} trained parameters"
@@ -47,14 +47,16 @@ def export_onnx(model: torch.nn.Module, output: str | os.PathLike, input_size: t
     import onnxruntime
 
     bands = len(model.backbone.bands)
-    example = torch.rand(1, bands, *input_size) * model.input_std + model.input_mean
+    example = torch.rand(2, bands, *input_size) * model.input_std + model.input_mean
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     with torch.no_grad():
         expected = model(example).numpy()
+        # torch.export-based exporter: handles adaptive pooling and position-embedding resampling at a static
+        # spatial size (the TorchScript exporter does not); the batch dimension stays dynamic
         torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamo=False, opset_version=17, dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamo=True, dynamic_shapes=({0: torch.export.Dim.AUTO},), verbose=False)
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"image": example.numpy()})[0]
     diff = float(np.abs(got - expected).max())

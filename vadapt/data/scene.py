@@ -154,3 +154,16 @@ class SceneDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.hparams.bands)
+
+    def iter_stat_pixels(self):
+        """``(image, valid)`` of every scene's training rows (all valid), for ``vadapt stats``."""
+        hp = self.hparams
+        label_map = {int(k): int(v) for k, v in hp.label_map.items()} if hp.label_map else None
+        for p in hp.paths:
+            image, _ = load_scene(p, hp.bands, hp.file_bands, label_map, hp.ignore_index)
+            cut = int(round(image.shape[0] * (1.0 - hp.val_fraction)))
+            yield image[:cut], np.ones(image[:cut].shape[:2], dtype=bool)

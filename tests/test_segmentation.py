@@ -1,0 +1,85 @@
+"""Segmentation task pieces: heads on every backbone family, mmseg-equal metrics, the prediction picture."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from vadapt.backbones import BACKBONES, create_backbone
+from vadapt.data.scene import SceneDataModule
+from vadapt.tasks import SemanticSegmentationTask
+from vadapt.tasks.heads import FPNHead, LinearHead, UPerNetHead
+from vadapt.tasks.metrics import segmentation_scores, stat_scores
+
+TINY = [n for n in BACKBONES if BACKBONES.get(n).tiny]
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("head", ["uper", "fpn", "linear"])
+def test_heads_give_logits_at_the_finest_stride(name, head):
+    backbone = create_backbone(name)
+    feats = backbone(torch.randn(2, 3, 70, 90))
+    cls = {"uper": UPerNetHead, "fpn": FPNHead, "linear": LinearHead}[head]
+    module = cls(backbone.out_channels, backbone.strides, 5, 32) if head == "uper" else (
+        cls(backbone.out_channels, 5, 32) if head == "fpn" else cls(backbone.out_channels, 5))
+    out = module(feats)
+    finest = min(backbone.strides)
+    expected = feats[backbone.strides.index(finest)].shape[-2:]
+    if head == "uper" and len(set(backbone.strides)) == 1:  # ViT maps: the pyramid starts at stride s / 4
+        expected = (expected[0] * 4, expected[1] * 4)
+    assert out.shape[:2] == (2, 5) and tuple(out.shape[-2:]) == tuple(expected)
+
+
+def test_metrics_equal_mmsegmentation():
+    pytest.importorskip("mmseg", reason="the mmseg extra (vadapt[mmseg]) is not installed")
+    from mmseg.evaluation.metrics import IoUMetric
+
+    gen = torch.Generator().manual_seed(0)
+    num_classes, ignore = 4, 255
+    preds, truths = [], []
+    for _ in range(3):
+        truth = torch.randint(0, 3, (32, 40), generator=gen)  # class 3 never occurs in truth
+        truth[:4] = ignore
+        pred = torch.where(torch.rand(32, 40, generator=gen) < 0.7, truth, torch.randint(0, 4, (32, 40), generator=gen))
+        pred[truth == ignore] = torch.randint(0, 4, (4, 40), generator=gen).flatten()
+        preds.append(pred)
+        truths.append(truth)
+    reference = IoUMetric(iou_metrics=["mIoU", "mDice"], ignore_index=ignore)
+    reference.dataset_meta = {"classes": [str(i) for i in range(num_classes)]}
+    ours = stat_scores(num_classes, ignore)
+    for pred, truth in zip(preds, truths):
+        reference.process([{}], [{"pred_sem_seg": {"data": pred[None]}, "gt_sem_seg": {"data": truth[None]}}])
+        ours.update(pred, truth)
+    expected = reference.compute_metrics(reference.results)
+    tp, fp, _, fn, _ = ours.compute().unbind(-1)
+    got = segmentation_scores(tp, fp, fn)
+    # mmseg reports percentages rounded to two decimals
+    for ours_key, mmseg_key in (("miou", "mIoU"), ("mdice", "mDice"), ("macc", "mAcc"), ("aacc", "aAcc")):
+        assert round(100 * float(got[ours_key]), 2) == pytest.approx(float(expected[mmseg_key]), abs=0.011)
+    assert float(got["iou"][3]) == 0.0  # predicted but never true: IoU 0 (not NaN), as in mmseg
+
+
+def test_class_absent_everywhere_is_left_out_of_means():
+    scores = segmentation_scores(torch.tensor([5, 0]), torch.tensor([1, 0]), torch.tensor([2, 0]))
+    assert np.isnan(float(scores["iou"][1]))
+    assert float(scores["miou"]) == pytest.approx(5 / 8)
+
+
+def test_validation_writes_a_prediction_picture(tmp_path, scene_npz):
+    data = SceneDataModule([str(scene_npz)], bands=["red", "green", "blue", "nir"], crop_size=28, batch_size=2,
+                           samples_per_epoch=4, label_map={1: 0, 2: 1})
+    task = SemanticSegmentationTask(backbone="dinov2_test", bands=("red", "green", "blue", "nir"), num_classes=2,
+                                    mean=[0.5] * 4, std=[0.5] * 4, head="fpn", head_channels=16, preview_images=3)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, datamodule=data)
+    from PIL import Image
+
+    pictures = sorted((tmp_path / "predictions").glob("epoch_*.png"))
+    assert [p.name for p in pictures] == ["epoch_000.png", "epoch_001.png"]
+    width, height = Image.open(pictures[-1]).size
+    assert height > 2 * 28 and width > 3 * 28  # three rows of input | truth | prediction
+    logged = trainer.callback_metrics
+    assert {"val/miou", "val/mdice", "val/aacc", "val/iou_0", "val/iou_1", "train/miou"} <= set(logged)
