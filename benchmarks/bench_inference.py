@@ -15,7 +15,8 @@ checked against the unmerged ones; zeros would time the same.
 
 After a warm-up, each round runs every variant once, in a shuffled order, and records its wall time; the
 report gives the median per variant, the ratio of medians to the same implementation's plain backbone, and
-the median of the per-round ratios (paired, which cancels slow drift of the machine).
+the median and interquartile range of the per-round ratios (paired, which cancels slow drift of the
+machine).
 
 Run: ``python benchmarks/bench_inference.py`` (``--rounds`` to change the number of timed rounds).
 """
@@ -133,7 +134,7 @@ def check(variants: dict, img_size: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=25, help="timed rounds (each runs every variant once)")
+    parser.add_argument("--rounds", type=int, default=40, help="timed rounds (each runs every variant once)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each variant first")
     parser.add_argument("--img-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
@@ -171,15 +172,18 @@ def main() -> None:
         f"torch {torch.__version__}, inference_mode, {args.rounds} rounds (shuffled round-robin) after "
         f"{args.warmup} warm-up runs each\n"
     )
-    print("| impl | variant | median ms | min ms | ratio to backbone (medians) | ratio to backbone (paired) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| impl | variant | median ms | min ms | ratio to backbone (medians) | paired ratio, median | "
+          "paired ratio, 25-75 % |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for k in keys:
         impl, name = k
         ref = times[(impl, "backbone")]
         med = statistics.median(times[k]) * 1e3
         ratio = statistics.median(times[k]) / statistics.median(ref)
-        paired = statistics.median(t / b for t, b in zip(times[k], ref))
-        print(f"| {impl} | {name} | {med:.1f} | {min(times[k]) * 1e3:.1f} | {ratio:.3f} | {paired:.3f} |")
+        ratios = [t / b for t, b in zip(times[k], ref)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        print(f"| {impl} | {name} | {med:.1f} | {min(times[k]) * 1e3:.1f} | {ratio:.3f} | "
+              f"{statistics.median(ratios):.3f} | {q1:.3f}-{q3:.3f} |")
     print()
     for n in notes:
         print(f"- check: {n}")

@@ -144,8 +144,11 @@ class ExportAdapterOnFitEnd(L.Callback):
 
         from vadapt.checkpoint import save_adapter
 
-        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False) or not trainer.is_global_zero:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
+        # trainer.log_dir is a collective (broadcast) under DDP: every rank must ask, then only rank 0 writes
         folder = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero:
+            return
         path = save_adapter(pl_module, folder / "adapter.safetensors")
         print(f"adapter checkpoint: {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -38,7 +38,7 @@ class SemanticSegmentationTask(BaseTask):
         adapter: AdapterConfig | None = None,
         head: Literal["uper", "fpn", "linear"] = "uper",
         head_channels: int = 256,
-        ignore_index: int | None = None,
+        ignore_index: int | None = 255,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         warmup_steps: int = 0,
@@ -60,7 +60,7 @@ class SemanticSegmentationTask(BaseTask):
                 of the frozen features (only the head trains).
             head: ``"uper"`` (UPerNet; ViT maps go through a ViTDet pyramid first), ``"fpn"`` (light
                 multi-scale fusion) or ``"linear"`` (linear probe); ``head_channels`` is its width.
-            ignore_index: mask value excluded from loss and metrics.
+            ignore_index: mask value excluded from loss and metrics (255, as in mmsegmentation; None = none).
             lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay.
             mean, std: per-band input statistics (raw units); default: pretraining RGB statistics.
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
@@ -136,13 +136,16 @@ class SemanticSegmentationTask(BaseTask):
     def _save_preview(self) -> None:
         rows, self._preview = self._preview, []
         trainer = self._trainer
-        if not rows or trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer is None or trainer.sanity_checking:
             return
         from pathlib import Path
 
         from vadapt.visualize import prediction_panel
 
+        # trainer.log_dir is a collective (broadcast) under DDP: every rank must ask, then only rank 0 writes
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        if not rows or not trainer.is_global_zero:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         panel = prediction_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
         path = folder / f"epoch_{self.current_epoch:03d}.png"

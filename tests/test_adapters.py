@@ -9,6 +9,7 @@ from torch import nn
 from vadapt.adapters import (
     ADAPTERS,
     BottleneckConfig,
+    CloudAdapterConfig,
     EarthAdapterConfig,
     LoraConfig,
     VPTConfig,
@@ -16,7 +17,6 @@ from vadapt.adapters import (
     can_merge,
     merge_adapter,
 )
-from vadapt.adapters.cloud_adapter import CloudAdapterConfig
 from vadapt.backbones import BACKBONES, Backbone, create_backbone
 
 CASES = {

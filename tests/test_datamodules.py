@@ -22,7 +22,7 @@ from vadapt.data import (
     SceneDataModule,
 )
 from vadapt.data import io as data_io
-from vadapt.data.io import DataError
+from vadapt.data.io import DataError, find_data_error
 from vadapt.data.stats import compute_band_stats, datamodule_from_config, format_stats_yaml, print_band_stats
 
 rasterio = pytest.importorskip("rasterio")
@@ -118,6 +118,16 @@ def test_folder_sizes_scale_and_resize(png_folder):
     assert folder(root, val_images=None, val_masks=None).val_dataloader() == []
 
 
+def test_masks_next_to_their_images_are_not_taken_for_images(tmp_path):
+    for name in ("a", "b"):
+        save(tmp_path / f"{name}.png", np.zeros((8, 8, 3), dtype=np.uint8))
+        save(tmp_path / f"{name}_mask.png", np.zeros((8, 8), dtype=np.uint8))
+    dm = FolderSegmentationDataModule(root=str(tmp_path), train_images="*.png", train_masks="{stem}_mask.png",
+                                      num_classes=2)
+    assert [(s.image.path, s.mask.path) for s in dm.samples("train")] == [
+        (str(tmp_path / f"{n}.png"), str(tmp_path / f"{n}_mask.png")) for n in ("a", "b")]
+
+
 def test_augmentation_is_identical_on_image_and_mask(png_folder):
     root, _, _ = png_folder
     dm = folder(root, train_size=24, augment=("hflip", "vflip", "rot90"), batch_size=4)
@@ -193,9 +203,11 @@ def test_masks_paired_by_stem_replacement_and_geotiff_rgba_images(tmp_path):
         rgba = np.full((4, 16, 16), 255, dtype=np.uint8)
         rgba[:3] = np.random.default_rng(0).integers(0, 255, (3, 16, 16))
         path = write_tif(tmp_path / "images" / f"DH_1940_Clipped_{key}.tif", rgba, nodata=255)
-        with rasterio.open(path, "r+") as dst:
-            dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
-                               rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path, "r+") as dst:
+                dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                                   rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
         colour = np.zeros((3, 16, 16), dtype=np.uint8)
         colour[:, 4:8] = np.array([77, 255, 0], dtype=np.uint8)[:, None, None]
         write_tif(tmp_path / "masks" / f"GT_colored_{key}.tif", colour)
@@ -584,6 +596,12 @@ data:
                                                         "bands": ["B04", "B08"], "nodata": -9999,
                                                         "label_map": {1: 0, 2: 1, 3: 2}}}})
     assert isinstance(dm, RasterSegmentationDataModule) and dm.bands == ("red", "nir")
+    with pytest.raises(Exception) as err:  # jsonargparse wraps errors of __init__ in its type-check report
+        datamodule_from_config({"data": {"class_path": "vadapt.data.MMSegDataModule",
+                                         "init_args": {"data_root": str(root / "nowhere")}}})
+    found = find_data_error(err.value)
+    assert isinstance(found, FileNotFoundError) and str(found).startswith("data folder not found: data_root=")
+    assert find_data_error(ValueError("unrelated")) is None
     with pytest.raises(Exception, match="train_imagez"):
         datamodule_from_config({"data": {"class_path": "vadapt.data.MMSegDataModule",
                                          "init_args": {"data_root": str(root), "train_imagez": "x"}}})

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     params = sub.add_parser("params", help="count total / trainable parameters of a config's model")
     params.add_argument("--config", required=True, help="LightningCLI YAML; only its `model` section is built")
     params.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    stats = sub.add_parser("stats", help="per-band mean/std of a config's training data, as YAML for the model")
+    stats.add_argument("--config", required=True, help="LightningCLI YAML; only its `data` section is built")
+    stats.add_argument("--digits", type=int, default=4, help="decimals to print (default 4)")
     export = sub.add_parser("export", help="write an adapter checkpoint from a Lightning checkpoint")
     export.add_argument("--checkpoint", required=True, help="Lightning .ckpt or vadapt .safetensors")
     export.add_argument("--output", required=True, help="output .safetensors (or .onnx with --onnx)")
@@ -70,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         counts = task_from_config_file(args.config).parameter_counts()
         print(json.dumps(counts) if args.json else format_table(counts))
+    elif args.command == "stats":
+        from vadapt.data.stats import print_band_stats
+
+        print_band_stats(args.config, args.digits)
     elif args.command == "export":
         from vadapt.export import export
 
@@ -84,18 +91,27 @@ def run_lightning(argv: list[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
     from vadapt.config import enable_adapter_configs
+    from vadapt.data.io import find_data_error
     from vadapt.tasks.base import BaseTask
 
     enable_adapter_configs()
-    LightningCLI(
-        BaseTask,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-    )
+    try:
+        LightningCLI(
+            BaseTask,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+        )
+    except (Exception, SystemExit) as exc:
+        # jsonargparse buries a datamodule's own error inside a long type-check report: surface its sentence
+        data_error = find_data_error(exc)
+        if data_error is None:
+            raise
+        print(f"error: {data_error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def list_entries(what: str, include_tiny: bool = False) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .base import ADAPTERS, AdapterConfig, AdapterMethod, find_targets
 from .bottleneck import BottleneckConfig  # each method's package registers itself in ADAPTERS
+from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
 from .lora import LoraConfig
 from .vpt import VPTConfig
@@ -49,6 +50,7 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 
 __all__ = [
-    "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "EarthAdapterConfig", "LoraConfig", "VPTConfig",
+    "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
+    "LoraConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]

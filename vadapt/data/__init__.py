@@ -21,6 +21,7 @@ _EXPORTS = {
     "SceneDataModule": "scene",
     "SegmentationDataModule": "base",
     "DataError": "io",
+    "find_data_error": "io",
     "BandStats": "stats",
     "compute_band_stats": "stats",
     "print_band_stats": "stats",

@@ -73,14 +73,17 @@ def find_images(root: Path, patterns: str | Sequence[str], key: str) -> list[Pat
 
 
 def pair_masks(root: Path, images: Sequence[Path], masks: str | Sequence[str] | None, key: str,
-               stem_replace: dict[str, str] | None = None) -> list[Path | None]:
-    """The mask of every image: from a template (``{stem}``, ``{name}``, ``{suffix}``, ``{parent}``), a list
-    in the same order as the images, or ``None`` (masks inside ``.npz`` images). A missing mask is an error."""
+               stem_replace: dict[str, str] | None = None) -> list[tuple[Path, Path | None]]:
+    """(image, mask) pairs: the mask from a template (``{stem}``, ``{name}``, ``{suffix}``, ``{parent}``), a list
+    in the images' order, or ``None`` (masks inside ``.npz`` images). A missing mask is an error. With a
+    template, matched files that are the mask of another matched image are not images (``images/*.png`` with
+    ``images/{stem}_mask.png`` works)."""
+    images = list(images)
     if masks is None:
         not_npz = [str(p) for p in images if p.suffix.lower() != ".npz"]
         if not_npz:
             raise DataError(f"{key} is not set, so masks must be inside .npz images, but {not_npz[0]} is not .npz")
-        return [None] * len(images)
+        return [(image, None) for image in images]
     if not isinstance(masks, str):
         masks = list(masks)
         if len(masks) != len(images):
@@ -101,10 +104,13 @@ def pair_masks(root: Path, images: Sequence[Path], masks: str | Sequence[str] | 
                 raise DataError(f"{key}={masks!r} uses an unknown placeholder {exc}; use {{stem}}, {{name}}, "
                                 "{suffix} or {parent}") from None
             out.append(Path(rel) if os.path.isabs(rel) else root / rel)
+        mask_files = {os.path.normpath(m) for i, m in zip(images, out) if os.path.normpath(m) != os.path.normpath(i)}
+        keep = [i for i, image in enumerate(images) if os.path.normpath(image) not in mask_files]
+        images, out = [images[i] for i in keep], [out[i] for i in keep]
     for image, mask in zip(images, out):
         if not mask.is_file():
             raise DataError(f"image {image} has no mask: {mask} does not exist (from {key})")
-    return out
+    return list(zip(images, out))
 
 
 def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -230,6 +236,19 @@ def eval_transform(size: tuple[int, int] | None):
     return A.Compose([A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR)])
 
 
+def augment_pair(transform, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an albumentations pipeline to image and mask together (same geometry for both).
+
+    albumentations 2 keeps its own random state, copied unchanged into every DataLoader worker and deaf to
+    ``seed_everything``; re-seeding it from torch (seeded per worker by PyTorch) makes the augmentations
+    differ between workers and repeat with the seed.
+    """
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
+    out = transform(image=image, mask=mask.astype(np.int32))
+    return out["image"], out["mask"]
+
+
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
@@ -245,6 +264,9 @@ class PadCollate:
         self.ignore_index = ignore_index
 
     def __call__(self, batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        shapes = {tuple(b["image"].shape) for b in batch}
+        if len(shapes) == 1:
+            return {"image": torch.stack([b["image"] for b in batch]), "mask": torch.stack([b["mask"] for b in batch])}
         h = max(b["image"].shape[-2] for b in batch)
         w = max(b["image"].shape[-1] for b in batch)
         images = torch.zeros((len(batch), batch[0]["image"].shape[0], h, w), dtype=torch.float32)
@@ -268,8 +290,7 @@ class FileDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.loader.load(self.samples[index])
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask.astype(np.int32))
-            image, mask = out["image"], out["mask"]
+            image, mask = augment_pair(self.transform, image, mask)
         return to_tensors(image, mask)
 
 

@@ -185,8 +185,7 @@ class FolderSegmentationDataModule(SegmentationDataModule):
     def _find(self, split: str) -> list:
         hp = self.hparams
         images = find_images(self.root, hp[f"{split}_images"], f"{split}_images")
-        masks = pair_masks(self.root, images, hp[f"{split}_masks"], f"{split}_masks", hp.mask_stem_replace)
-        return list(zip(images, masks))
+        return pair_masks(self.root, images, hp[f"{split}_masks"], f"{split}_masks", hp.mask_stem_replace)
 
     def discover(self, split: str) -> list[Sample]:
         return run_parallel(lambda pair: self.loader.describe(*pair), self._pairs(split))

@@ -42,6 +42,18 @@ class DataError(ValueError):
     """Bad input data or data config; the message is one sentence naming the file or the key."""
 
 
+def find_data_error(exc: BaseException) -> BaseException | None:
+    """The ``DataError`` / ``FileNotFoundError`` behind ``exc`` (jsonargparse wraps errors raised in a
+    datamodule's ``__init__`` in a long type-check report), or None: lets the CLI print just that sentence."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (DataError, FileNotFoundError)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def file_kind(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in GDAL_SUFFIXES:

@@ -33,6 +33,7 @@ from .base import (
     Sample,
     SampleLoader,
     SegmentationDataModule,
+    augment_pair,
     find_images,
     flips,
     pad_to,
@@ -79,8 +80,7 @@ class RandomWindows(Dataset):
             if self.min_valid <= 0 or (mask != self.ignore_index).mean() >= self.min_valid:
                 break
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask.astype(np.int32))
-            image, mask = out["image"], out["mask"]
+            image, mask = augment_pair(self.transform, image, mask)
         return to_tensors(image, mask)
 
 
@@ -202,8 +202,8 @@ class RasterSegmentationDataModule(SegmentationDataModule):
         hp = self.hparams
         source = "train" if split == "val" and hp.val_fraction > 0 else split
         images = find_images(self.root, hp[f"{source}_images"], f"{source}_images")
-        masks = pair_masks(self.root, images, hp[f"{source}_masks"], f"{source}_masks", hp.mask_stem_replace)
-        samples = run_parallel(lambda pair: self.loader.describe(*pair), list(zip(images, masks)))
+        pairs = pair_masks(self.root, images, hp[f"{source}_masks"], f"{source}_masks", hp.mask_stem_replace)
+        samples = run_parallel(lambda pair: self.loader.describe(*pair), pairs)
         if hp.val_fraction > 0 and split in ("train", "val"):
             out = []
             for s in samples:
