@@ -147,7 +147,9 @@ class FolderSegmentationDataModule(SegmentationDataModule):
             seed: seed of the ``val_fraction`` split.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
+        # ignore_index) with different values; LightningCLI saves the whole config.yaml anyway
+        self.save_hyperparameters(logger=False)
         self.root = resolve_root(root)
         if (val_images is None) != (val_masks is None):
             raise DataError("val_images and val_masks go together: set both or neither")

@@ -130,7 +130,9 @@ class MMSegDataModule(SegmentationDataModule):
                 check_files: as in ``FolderSegmentationDataModule``.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
+        # ignore_index) with different values; LightningCLI saves the whole config.yaml anyway
+        self.save_hyperparameters(logger=False)
         self.root = Path(data_root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: data_root={data_root!r} "

@@ -176,7 +176,9 @@ class RasterSegmentationDataModule(SegmentationDataModule):
                 unexpected mask values stop the run before training; false checks only names and headers.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
+        # ignore_index) with different values; LightningCLI saves the whole config.yaml anyway
+        self.save_hyperparameters(logger=False)
         self.root = resolve_root(root)
         for split, images, masks in (("val", val_images, val_masks), ("test", test_images, test_masks)):
             if images is None and masks is not None:

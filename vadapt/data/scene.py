@@ -124,7 +124,9 @@ class SceneDataModule(L.LightningDataModule):
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"scene file not found: {p}")
-        self.save_hyperparameters()
+        # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
+        # ignore_index) with different values; LightningCLI saves the whole config.yaml anyway
+        self.save_hyperparameters(logger=False)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
