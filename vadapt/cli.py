@@ -71,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vadapt.config import task_from_config_file
         from vadapt.params import format_table
 
-        counts = task_from_config_file(args.config).parameter_counts()
+        import torch
+
+        with torch.device("meta"):  # counts need shapes only: no weight file, no memory
+            counts = task_from_config_file(args.config, weights=None).parameter_counts()
         print(json.dumps(counts) if args.json else format_table(counts))
     elif args.command == "stats":
         from vadapt.data.stats import print_band_stats

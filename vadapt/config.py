@@ -68,8 +68,11 @@ def build_task(class_path: str, init_args: dict[str, Any]):
     return parser.instantiate(cfg).model
 
 
-def task_from_config_file(path: str):
-    """Build only the ``model`` section of a LightningCLI YAML config (no data, no trainer)."""
+def task_from_config_file(path: str, **overrides: Any):
+    """Build only the ``model`` section of a LightningCLI YAML config (no data, no trainer).
+
+    ``overrides`` replace init args (e.g. ``weights=None`` to count parameters without the weight file).
+    """
     import yaml
 
     with open(path) as f:
@@ -77,4 +80,4 @@ def task_from_config_file(path: str):
     model = config.get("model")
     if not isinstance(model, dict) or "class_path" not in model:
         raise ValueError(f"{path} has no `model: {{class_path: ..., init_args: ...}}` section")
-    return build_task(model["class_path"], model.get("init_args") or {})
+    return build_task(model["class_path"], {**(model.get("init_args") or {}), **overrides})
