@@ -217,3 +217,15 @@ def test_cli_fit_then_validate_from_checkpoint(tmp_path):
     ckpt = next(tmp_path.rglob("*.ckpt"))
     assert (tmp_path / "adapter.safetensors").is_file()
     main(["validate", "--config", config, "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1"])
+
+
+def test_missing_data_folder_stops_with_one_sentence(tmp_path):
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "lora_sam_vitb_kvasir.yaml").read_text())
+    config["model"]["init_args"].update(backbone="sam_test", weights=None, img_size=None)
+    config["data"]["init_args"]["root"] = str(tmp_path / "no_such_folder")
+    path = tmp_path / "missing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_cli("fit", "--config", str(path))
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no_such_folder" in last
