@@ -12,7 +12,7 @@ FPN head (64 channels), 2 classes (background, polyp). Runs (``--runs``, default
 * ``a_bn`` (optional) frozen ImageNet + ``BottleneckConfig(adapter_dim=64)``. lr 3e-3.
 
 Same budget, seed, data and augmentation for all: ``--epochs`` (default 1) passes over the 800 training
-images, each resized whole to ``--size`` x ``--size`` (default 192) with h/v flips and 90-degree rotations,
+images, each resized whole to ``--size`` x ``--size`` (default 160) with h/v flips and 90-degree rotations,
 batch 8, AdamW (weight decay 0.01), 10 warm-up steps then linear decay. Images are fed as [0, 1]
 (``scale=1/255``) and normalised with the backbone's pretraining mean/std (0.5 / 0.5).
 
@@ -25,7 +25,7 @@ pixel accuracy, trainable parameters and wall times (fit and evaluation; the mac
 Data: ``../shared/data/kvasir_seg`` (research use only: read in place, never copied). Outputs (Lightning logs,
 adapter checkpoints, ``results.json``) go to ``--out`` (default ``/tmp/vadapt_bench_kvasir``).
 
-Run: ``python benchmarks/bench_kvasir.py`` (about 25-35 min on a shared 2-core CPU) or ``--quick`` (a smoke
+Run: ``python benchmarks/bench_kvasir.py`` (about 25-30 min on a shared 2-core CPU) or ``--quick`` (a smoke
 test: 3 steps of 4 images at 96 px, 8 validation images; its numbers mean nothing).
 """
 
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--runs", default="a,b,c", help=f"comma-separated among {', '.join(RUNS)}")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", default="/tmp/vadapt_bench_kvasir")
-    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=10)
@@ -221,9 +221,12 @@ def main() -> None:
             "seed": args.seed, "quick": args.quick, "total_wall_s": total_s}
     (Path(args.out) / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print()
-    print(f"Kvasir-SEG val (100 images, native 352x352), budget {args.epochs} epoch(s) x 800 images resized to "
-          f"{args.size}px, batch {args.batch}, seed {args.seed}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; total wall {total_s:.0f} s" + (" [QUICK: meaningless]" if args.quick else ""))
+    n_val = results[0]["val_images"] if results else 0
+    steps = results[0]["steps"] if results else 0
+    print(f"Kvasir-SEG val ({n_val} images, native 352x352); budget {args.epochs} epoch(s) = {steps} steps x "
+          f"{args.batch} train images resized to {args.size}px; seed {args.seed}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; total wall {total_s:.0f} s"
+          + (" [QUICK: meaningless]" if args.quick else ""))
     print()
     print(table(results))
 
