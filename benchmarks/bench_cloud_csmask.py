@@ -144,8 +144,8 @@ def predict_csmask(image: np.ndarray, product_level: str) -> np.ndarray:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | input | kappa | mIoU | IoU clear | IoU cloud | IoU shadow | pixel acc. | predicted shadow share |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | kappa | mIoU | IoU clear | IoU cloud | IoU shadow | pixel acc. "
+             "| predicted shadow share |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["scores"]
         lines.append(f"| {r['model']} | {r['input']} | {s['kappa']:.3f} | {s['miou']:.3f} | {s['iou_clear']:.3f} | "

@@ -55,3 +55,14 @@ def test_missing_band_is_an_error_never_zero_filled():
 def test_unknown_wavelength_with_copy_init_is_explained():
     with pytest.raises(ValueError, match="no known wavelength"):
         adapt_input_weight(torch.randn(2, 3, 1, 1), ["red", "green", "blue"], ["red", "elevation"], "copy")
+
+
+def test_memory_setting_is_taken_by_glibc_and_respects_the_environment(monkeypatch):
+    import platform
+
+    from vadapt.memory import return_freed_memory_to_os
+
+    if platform.libc_ver()[0] == "glibc":
+        assert return_freed_memory_to_os() is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert return_freed_memory_to_os() is False

@@ -68,10 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         print(list_entries(args.what, args.all))
     elif args.command == "params":
+        import torch
+
         from vadapt.config import task_from_config_file
         from vadapt.params import format_table
-
-        import torch
 
         with torch.device("meta"):  # counts need shapes only: no weight file, no memory
             counts = task_from_config_file(args.config, weights=None).parameter_counts()
@@ -95,9 +95,11 @@ def run_lightning(argv: list[str]) -> None:
 
     from vadapt.config import enable_adapter_configs
     from vadapt.data.io import find_data_error
+    from vadapt.memory import return_freed_memory_to_os
     from vadapt.tasks.base import BaseTask
 
     enable_adapter_configs()
+    return_freed_memory_to_os()  # see vadapt/memory.py: keeps the resident memory at what the step needs
     try:
         LightningCLI(
             BaseTask,
