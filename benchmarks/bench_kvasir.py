@@ -9,10 +9,12 @@ FPN head (64 channels), 2 classes (background, polyp). Runs (``--runs``, default
   trainable with ``task.backbone.requires_grad_(True)`` after building the task (batch norms then train).
   lr 3e-3.
 * ``c``  full fine-tuning from the ImageNet weights (no adapter, every parameter trainable). lr 1e-3.
-* ``a_bn`` (optional) frozen ImageNet + ``BottleneckConfig(adapter_dim=64)``. lr 3e-3.
+* ``c_hi`` (optional) as ``c`` with run a's lr 3e-3 (learning-rate check).
+* ``a_bn`` (optional) frozen ImageNet + ``BottleneckConfig(adapter_dim=8)`` (parallel, scale 0.1; 249,578
+  trainable with the head, about LoRA's count). lr 3e-3.
 
-Same budget, seed, data and augmentation for all: ``--epochs`` (default 1) passes over the 800 training
-images, each resized whole to ``--size`` x ``--size`` (default 160) with h/v flips and 90-degree rotations,
+Same budget, seed, data and augmentation for all: ``--epochs`` (default 4) passes over the 800 training
+images, each resized whole to ``--size`` x ``--size`` (default 192) with h/v flips and 90-degree rotations,
 batch 8, AdamW (weight decay 0.01), 10 warm-up steps then linear decay. Images are fed as [0, 1]
 (``scale=1/255``) and normalised with the backbone's pretraining mean/std (0.5 / 0.5).
 
@@ -25,8 +27,8 @@ pixel accuracy, trainable parameters and wall times (fit and evaluation; the mac
 Data: ``../shared/data/kvasir_seg`` (research use only: read in place, never copied). Outputs (Lightning logs,
 adapter checkpoints, ``results.json``) go to ``--out`` (default ``/tmp/vadapt_bench_kvasir``).
 
-Run: ``python benchmarks/bench_kvasir.py`` (about 25-30 min on a shared 2-core CPU) or ``--quick`` (a smoke
-test: 3 steps of 4 images at 96 px, 8 validation images; its numbers mean nothing).
+Run: ``python benchmarks/bench_kvasir.py`` (runs a, b, c: about 15-30 min on a shared 2-core CPU) or ``--quick``
+(a smoke test: 3 steps of 4 images at 96 px, 8 validation images; its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ RUNS = {
           "unfreeze": True, "lr": 3e-3},
     "c": {"label": "(c) full fine-tune from ImageNet", "weights": "pretrained", "adapter": None,
           "unfreeze": True, "lr": 1e-3},
-    "a_bn": {"label": "(a') frozen ImageNet + bottleneck 64", "weights": "pretrained", "adapter": "bottleneck",
+    "c_hi": {"label": "(c') full fine-tune from ImageNet", "weights": "pretrained", "adapter": None,
+             "unfreeze": True, "lr": 3e-3},
+    "a_bn": {"label": "(a') frozen ImageNet + bottleneck dim 8", "weights": "pretrained", "adapter": "bottleneck",
              "unfreeze": False, "lr": 3e-3},
 }
 
@@ -64,7 +68,7 @@ def make_adapter(kind: str | None):
     if kind == "lora":
         return to_plain(LoraConfig(r=8, lora_alpha=16))
     if kind == "bottleneck":
-        return to_plain(BottleneckConfig(adapter_dim=64))
+        return to_plain(BottleneckConfig(adapter_dim=8))
     raise ValueError(kind)
 
 
@@ -190,8 +194,8 @@ def main() -> None:
     parser.add_argument("--runs", default="a,b,c", help=f"comma-separated among {', '.join(RUNS)}")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", default="/tmp/vadapt_bench_kvasir")
-    parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
