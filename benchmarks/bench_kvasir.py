@@ -27,7 +27,7 @@ pixel accuracy, trainable parameters and wall times (fit and evaluation; the mac
 Data: ``../shared/data/kvasir_seg`` (research use only: read in place, never copied). Outputs (Lightning logs,
 adapter checkpoints, ``results.json``) go to ``--out`` (default ``/tmp/vadapt_bench_kvasir``).
 
-Run: ``python benchmarks/bench_kvasir.py`` (runs a, b, c: about 15-30 min on a shared 2-core CPU) or ``--quick``
+Run: ``python benchmarks/bench_kvasir.py`` (runs a, b, c: 10 min measured on a shared 2-core CPU) or ``--quick``
 (a smoke test: 3 steps of 4 images at 96 px, 8 validation images; its numbers mean nothing).
 """
 

@@ -28,7 +28,10 @@ class BaseTask(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # the subclass's init args
+        # again, with the adapter config as {class_path, init_args}: loggers write hparams with OmegaConf, which
+        # rejects dataclasses with union-typed fields (as_adapter_config turns it back into the dataclass)
+        self.save_hyperparameters({**self.hparams, "adapter": to_plain(self.hparams.get("adapter"))})
         self.strict_loading = False  # Lightning checkpoints hold only trainable weights (see on_save_checkpoint)
         self.configure_backbone()
         self.configure_head()
@@ -47,6 +50,8 @@ class BaseTask(L.LightningModule):
         )
         self.adapter_config: AdapterConfig | None = as_adapter_config(hp.get("adapter"))
         apply_adapter(self.backbone, self.adapter_config)
+        if not hp.get("freeze_backbone", True):  # full fine-tuning / training from scratch (baselines)
+            self.backbone.requires_grad_(True)
         self.backbone.grad_checkpointing = bool(hp.get("grad_checkpointing", False))
         mean, std = self.normalisation(hp.get("mean"), hp.get("std"))
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
@@ -110,8 +115,13 @@ class BaseTask(L.LightningModule):
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything that training changes: trainable parameters plus all state outside the backbone."""
+        """Everything that training changes: trainable parameters, the buffers of modules that own one (e.g.
+        batch-norm statistics of an unfrozen backbone), and all state outside the backbone."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        for name, module in self.backbone.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                prefix = f"backbone.{name}." if name else "backbone."
+                trainable.update(prefix + b for b, _ in module.named_buffers(recurse=False))
         return {
             k: v.detach().cpu().contiguous()
             for k, v in self.state_dict().items()

@@ -48,6 +48,7 @@ class SemanticSegmentationTask(BaseTask):
         img_size: int | None = None,
         extra_band_init: BandInit = "copy",
         grad_checkpointing: bool = False,
+        freeze_backbone: bool = True,
         preview_images: int = 4,
     ) -> None:
         """
@@ -66,6 +67,8 @@ class SemanticSegmentationTask(BaseTask):
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
             extra_band_init: first-layer init of bands the pretrained model lacks.
             grad_checkpointing: recompute adapted blocks in backward to save memory.
+            freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, or training from
+                scratch with ``weights: null``): the baselines adapters are compared with.
             preview_images: validation images drawn in the per-epoch picture (0 = none).
         """
         if class_names is not None and len(class_names) != num_classes:

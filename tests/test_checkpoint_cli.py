@@ -216,7 +216,9 @@ def test_cli_fit_then_validate_from_checkpoint(tmp_path):
           "--trainer.enable_checkpointing", "true", "--trainer.limit_val_batches", "1"])
     ckpt = next(tmp_path.rglob("*.ckpt"))
     assert (tmp_path / "adapter.safetensors").is_file()
-    main(["validate", "--config", config, "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1"])
+    main(["validate", "--config", config, "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1",
+          "--trainer.default_root_dir", str(tmp_path / "validate")])
+    assert (tmp_path / "validate" / "config.yaml").is_file()
 
 
 def test_missing_data_folder_stops_with_one_sentence(tmp_path):
@@ -229,3 +231,33 @@ def test_missing_data_folder_stops_with_one_sentence(tmp_path):
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "no_such_folder" in last
+
+
+def test_full_fine_tune_checkpoint_keeps_batchnorm_statistics(tmp_path, scene_npz):
+    """freeze_backbone=False (the baselines): the checkpoint carries every trained tensor, BN statistics too."""
+    data = SceneDataModule([str(scene_npz)], bands=["red", "green", "blue", "nir"], crop_size=32, batch_size=4,
+                           samples_per_epoch=8, label_map={1: 0, 2: 1})
+    task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", bands=("red", "green", "blue", "nir"),
+                                    num_classes=2, mean=[0.5] * 4, std=[0.5] * 4, head="fpn", head_channels=16,
+                                    freeze_backbone=False, adapter=LoraConfig(r=2))
+    assert all(p.requires_grad for p in task.backbone.parameters())
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, enable_checkpointing=False,
+                        logger=L.pytorch.loggers.CSVLogger(tmp_path), enable_progress_bar=False)
+    trainer.fit(task, datamodule=data)  # a dataclass adapter config + a logger writing hparams.yaml
+    assert any("running_mean" in k for k in task.adapter_state_dict())
+    path = save_adapter(task, tmp_path / "full.safetensors")
+    reloaded = load_adapter(path).eval()
+    x = torch.rand(1, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(task.eval()(x), reloaded(x))
+
+
+def test_scene_crops_repeat_with_the_seed(scene_npz):
+    def crops() -> torch.Tensor:
+        L.seed_everything(3)
+        data = SceneDataModule([str(scene_npz)], bands=["red", "nir"], crop_size=16, batch_size=4,
+                               samples_per_epoch=4, label_map={1: 0, 2: 1})
+        data.setup()
+        return next(iter(data.train_dataloader()))["image"]
+
+    assert torch.equal(crops(), crops())

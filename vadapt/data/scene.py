@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vadapt.bands import select_bands
 
+from .base import augment_pair
+
 
 def load_scene(
     path: str | Path, bands: Sequence[str], file_bands: Sequence[str] | None = None,
@@ -63,9 +65,8 @@ class RandomCrops(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.scenes[index % len(self.scenes)]
-        out = self.transform(image=image, mask=mask)
-        image = torch.from_numpy(out["image"].transpose(2, 0, 1).copy())
-        return {"image": image, "mask": torch.from_numpy(out["mask"]).long()}
+        image, mask = augment_pair(self.transform, image, mask)  # seeded from torch: repeatable runs
+        return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(mask).long()}
 
 
 class Tiles(Dataset):
