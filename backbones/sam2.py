@@ -70,10 +70,18 @@ class Sam2HieraBackbone(Backbone):
     stem_conv = "trunk.patch_embed.proj"
     block_layout = "grid"  # Hiera blocks take (B, H, W, C)
 
-    def __init__(self, config: str, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: str, overrides: dict[str, Any] | None = None, img_size: int | None = None) -> None:
+        """``img_size`` is accepted for a uniform task config and ignored: Hiera resamples its position
+        embedding to every input size by itself, so there is nothing to size in advance."""
         super().__init__()
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
+
+        if img_size is not None:
+            import warnings
+
+            warnings.warn(f"img_size={img_size} is ignored by SAM 2 backbones (Hiera adapts to any input size)",
+                          stacklevel=2)
 
         cfg = load_image_encoder_config(config, overrides)
         # The neck's sine position encoding is never called here; don't let it pre-fill a CUDA cache.

@@ -183,3 +183,9 @@ def test_odd_sizes(name, hw):
     for out, c, s in zip(outs, bb.out_channels, bb.strides):
         assert out.shape == (2, c, math.ceil(hw[0] / s), math.ceil(hw[1] / s))
         assert torch.isfinite(out).all()
+
+
+def test_sam2_accepts_img_size_with_a_warning():
+    with pytest.warns(UserWarning, match="ignored by SAM 2"):
+        backbone = create_backbone("sam2_test", img_size=96)
+    assert [f.shape[-1] for f in backbone(torch.randn(1, 3, 64, 96))] == [24, 12, 6]
