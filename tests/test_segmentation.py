@@ -83,3 +83,11 @@ def test_validation_writes_a_prediction_picture(tmp_path, scene_npz):
     assert height > 2 * 28 and width > 3 * 28  # three rows of input | truth | prediction
     logged = trainer.callback_metrics
     assert {"val/miou", "val/mdice", "val/aacc", "val/iou_0", "val/iou_1", "train/miou"} <= set(logged)
+
+
+def test_validation_tiles_count_every_held_out_pixel_once(scene_npz):
+    data = SceneDataModule([str(scene_npz)], bands=["red", "nir"], crop_size=40, batch_size=4,
+                           samples_per_epoch=4, label_map={1: 0, 2: 1}, val_fraction=0.25)
+    data.setup()
+    counted = sum(int((batch["mask"] != 255).sum()) for batch in data.val_dataloader())
+    assert counted == 24 * 96  # the bottom quarter of a 96×96 scene, each pixel exactly once

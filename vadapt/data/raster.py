@@ -85,17 +85,18 @@ class RandomWindows(Dataset):
 
 
 class Tiles(Dataset):
-    """Non-overlapping ``size``×``size`` tiles covering the samples' regions (edge tiles shifted inward;
-    regions smaller than a tile are padded with mask ``ignore_index``)."""
+    """Non-overlapping ``size``×``size`` tiles covering the samples' regions; edge tiles are padded with mask
+    ``ignore_index`` (not shifted inward, which would count the overlap twice in the metrics)."""
 
     def __init__(self, samples: list[Sample], loader: SampleLoader, size: int, ignore_index: int) -> None:
         self.samples, self.loader, self.size, self.ignore_index = samples, loader, size, ignore_index
         self.items = []
         for s, sample in enumerate(samples):
             y0, x0, h, w = sample.region
-            ys = sorted({min(y, max(h - size, 0)) for y in range(0, h, size)})
-            xs = sorted({min(x, max(w - size, 0)) for x in range(0, w, size)})
-            self.items += [(s, y0 + y, x0 + x, min(size, h), min(size, w)) for y in ys for x in xs]
+            self.items += [
+                (s, y0 + y, x0 + x, min(size, h - y), min(size, w - x))
+                for y in range(0, h, size) for x in range(0, w, size)
+            ]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -70,16 +70,15 @@ class RandomCrops(Dataset):
 
 
 class Tiles(Dataset):
-    """Non-overlapping ``size``×``size`` tiles covering the scene regions (edge tiles shifted inward)."""
+    """Non-overlapping ``size``×``size`` tiles covering the scene regions; edge tiles are padded (image 0, mask
+    ``ignore_index``) rather than shifted inward, so every pixel counts once in the metrics."""
 
-    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], size: int) -> None:
-        self.items = []
-        for s, (image, _) in enumerate(scenes):
-            h, w = image.shape[:2]
-            ys = sorted({min(y, max(h - size, 0)) for y in range(0, h, size)})
-            xs = sorted({min(x, max(w - size, 0)) for x in range(0, w, size)})
-            self.items += [(s, y, x) for y in ys for x in xs]
-        self.scenes, self.size = scenes, size
+    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], size: int, ignore_index: int) -> None:
+        self.items = [
+            (s, y, x) for s, (image, _) in enumerate(scenes)
+            for y in range(0, image.shape[0], size) for x in range(0, image.shape[1], size)
+        ]
+        self.scenes, self.size, self.ignore_index = scenes, size, ignore_index
 
     def __len__(self) -> int:
         return len(self.items)
@@ -88,10 +87,13 @@ class Tiles(Dataset):
         s, y, x = self.items[index]
         image, mask = self.scenes[s]
         crop = (slice(y, y + self.size), slice(x, x + self.size))
-        return {
-            "image": torch.from_numpy(image[crop].transpose(2, 0, 1).copy()),
-            "mask": torch.from_numpy(mask[crop].copy()),
-        }
+        tile, truth = image[crop], mask[crop]
+        height, width = truth.shape
+        padded = np.zeros((self.size, self.size, image.shape[2]), dtype=np.float32)
+        padded[:height, :width] = tile
+        labels = np.full((self.size, self.size), self.ignore_index, dtype=np.int64)
+        labels[:height, :width] = truth
+        return {"image": torch.from_numpy(padded.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(labels)}
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -139,7 +141,7 @@ class SceneDataModule(L.LightningDataModule):
             train.append((image[:cut], mask[:cut]))
             held.append((image[cut:], mask[cut:]))
         self.train_set = RandomCrops(train, hp.crop_size, hp.samples_per_epoch)
-        self.val_set = Tiles(held, hp.crop_size)
+        self.val_set = Tiles(held, hp.crop_size, hp.ignore_index)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
