@@ -5,3 +5,11 @@ Heavy libraries (torch, timm, peft, lightning) are imported lazily by the submod
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "infer":  # vadapt.infer(...), imported on first use
+        from vadapt.inference import infer
+
+        return infer
+    raise AttributeError(f"module 'vadapt' has no attribute {name!r}")

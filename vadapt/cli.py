@@ -1,8 +1,8 @@
 """The ``vadapt`` command.
 
 ``fit | validate | test | predict`` go to LightningCLI (``--config CFG`` with class_path/init_args YAML);
-``list``, ``params`` and ``export`` are ours. Nothing heavy is imported until a subcommand runs, so
-``vadapt --help`` is quick.
+``list``, ``params``, ``stats``, ``export`` and ``infer`` are ours. Nothing heavy is imported until a
+subcommand runs, so ``vadapt --help`` is quick.
 """
 
 from __future__ import annotations
@@ -47,7 +47,41 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", help="backbone weights to use instead of the path stored in the checkpoint")
     export.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
                         help="example input size for --onnx (default 224 224)")
+    _add_infer(sub)
     return parser
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    infer = sub.add_parser(
+        "infer", help="predict folders of images of any size with an adapter checkpoint (tiled, resumable)",
+        description="Predict every image of a folder (or glob, or file) into --output, mirroring sub-folders. "
+        "Large images are tiled with overlap blending and read/written window by window; GeoTIFFs keep their "
+        "georeference. Finished outputs are skipped on a rerun; bad files are reported in failed.csv and the "
+        "run goes on (exit code 1 if any failed).",
+    )
+    infer.add_argument("--checkpoint", required=True, help="adapter .safetensors (or Lightning .ckpt)")
+    infer.add_argument("--input", help="folder (searched recursively), glob ('scenes/**/*.tif') or one file")
+    infer.add_argument("--input-a", help="change detection: folder of 'before' images")
+    infer.add_argument("--input-b", help="change detection: folder of 'after' images (paired by name)")
+    infer.add_argument("--output", required=True, help="output folder")
+    infer.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
+    infer.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    infer.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    infer.add_argument("--num-workers", type=int, default=1, help="decoding processes (default 1; 0 = none)")
+    infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    infer.add_argument("--format", choices=("auto", "png", "tif", "npy"), default="auto",
+                       help="output format; auto: GeoTIFF in -> tif, .npy/.npz -> npy, else png")
+    infer.add_argument("--probabilities", action="store_true", help="also write <name>_prob.<ext>")
+    infer.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    infer.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    infer.add_argument("--num-shards", type=int, default=1, help="split the job over this many processes")
+    infer.add_argument("--shard-index", type=int, default=0, help="which shard this process runs (0-based)")
+    infer.add_argument("--weights", help="backbone weights to use instead of the path stored in the checkpoint")
+    infer.add_argument("--file-bands", nargs="+", help="band names of inputs that do not name their bands")
+    infer.add_argument("--scale", type=float, default=1.0, help="factor applied to input values (default 1)")
+    infer.add_argument("--blend", choices=("ramp", "mean"), default="ramp", help="overlap blending (default ramp)")
+    infer.add_argument("--no-merge", action="store_true", help="do not fold LoRA/DoRA into the weights first")
+    infer.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _version() -> str:
@@ -86,7 +120,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in export(args.checkpoint, args.output, merge=args.merge, onnx=args.onnx,
                            weights=args.weights, input_size=tuple(args.input_size)):
             print(line)
+    elif args.command == "infer":
+        return run_infer(args)
     return 0
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from vadapt.checkpoint import AdapterCheckpointError
+    from vadapt.inference import infer
+    from vadapt.memory import return_freed_memory_to_os
+
+    return_freed_memory_to_os()
+    try:
+        report = infer(
+            args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
+            tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, num_workers=args.num_workers,
+            device=args.device, format=args.format, probabilities=args.probabilities, overlay=args.overlay,
+            overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
+            weights=args.weights, file_bands=args.file_bands, scale=args.scale, blend=args.blend,
+            merge=not args.no_merge, progress=not args.quiet,
+        )
+    except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if report.failed:
+        print(f"{len(report.failed)} failed: see {args.output}/failed*.csv", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def run_lightning(argv: list[str]) -> None:

@@ -256,7 +256,7 @@ class BandReader:
             names = self.file_bands
         if names is None:
             raise DataError(f"image {path} does not name its {info.count} bands (no band descriptions): set "
-                            "file_bands in the data config")
+                            "file_bands (data config) or --file-bands (vadapt infer)")
         names = tuple(canonical(n) for n in names)
         if len(names) != info.count:
             raise DataError(f"image {path} has {info.count} bands but names {len(names)}: {list(names)}")

@@ -1,0 +1,474 @@
+"""``vadapt infer``: run an adapter checkpoint over folders of images of any size, and lose nothing.
+
+How it works: DataLoader workers open the files, split each into overlapping tiles (GeoTIFF and ``.npy`` are
+read window by window, never whole) and stream the tiles to the main process, which batches tiles across
+images through the model (merged with its adapter when the adapter can be merged) and blends each image's
+tile predictions row by row (:class:`vadapt.inference.tiling.RowBlender`). Finished rows go straight into the
+output file, so memory is bounded by one tile row whatever the image size.
+
+Outputs keep the input's relative path and georeference (GeoTIFF in -> GeoTIFF out with the same CRS,
+transform, size; class ids, ``255`` where the input had no data). Every output is written to a temporary
+name and renamed when complete; a rerun skips finished outputs. Files that cannot be processed (unreadable,
+wrong bands, too small, unpaired ...) are reported on screen and in ``failed.csv`` / ``report.json`` in the
+output folder, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from vadapt.data.io import BandReader, DataError, FileInfo
+from vadapt.visualize import PALETTE, overlay, rgb_composite
+
+from .files import (
+    MASK_NODATA,
+    Job,
+    OutputFile,
+    list_inputs,
+    make_jobs,
+    pair_inputs,
+    remove_temporaries,
+)
+from .tiling import Blend, RowBlender, tile_grid
+
+os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) would dwarf our own buffers
+MIN_SIDE = 16  # pixels: smaller images are reported rather than predicted from padding
+PREVIEW_SIDE = 1024  # longest side of --overlay pictures
+
+
+@dataclass
+class InferReport:
+    """What a run did; ``failed`` and ``warnings`` are ``(input, reason)`` rows."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    tiles: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        rate = self.tiles / self.seconds if self.seconds else 0.0
+        text = (f"done {len(self.done)}, skipped {len(self.skipped)} (already complete), failed {len(self.failed)}"
+                f" — {self.tiles} tiles in {self.seconds:.1f} s ({rate:.1f} tiles/s)")
+        if self.ignored:
+            text += f"; ignored {len(self.ignored)} files without an image suffix"
+        return text
+
+
+# ---- reading (in DataLoader workers) ------------------------------------------------------------------------
+class TileStream(IterableDataset):
+    """Yields, per job: ``("start", i, meta)``, ``("tile", i, window, image (C, h, w), invalid (h, w))`` ...,
+    then ``("end", i)``, or ``("error", i, reason)`` as soon as something is wrong with the file."""
+
+    def __init__(self, jobs: Sequence[Job], reader: BandReader, fill: Sequence[float], tile: int, stride: int,
+                 min_side: int = MIN_SIDE) -> None:
+        self.jobs, self.reader, self.tile, self.stride, self.min_side = list(jobs), reader, tile, stride, min_side
+        self.fill = np.asarray(fill, dtype=np.float32)
+
+    def __iter__(self) -> Iterator[tuple]:
+        worker = torch.utils.data.get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker else (0, 1)
+        for index in range(first, len(self.jobs), step):
+            yield from self._job(index)
+
+    def _job(self, index: int) -> Iterator[tuple]:
+        job = self.jobs[index]
+        try:
+            opened = [self.reader.info(path) for path in job.sources]
+            meta = self._check(job, [info for info, _ in opened])
+        except Exception as exc:  # noqa: BLE001 - DataError, or anything a reader library raises
+            yield ("error", index, str(exc))
+            return
+        yield ("start", index, meta)
+        try:
+            # formats without windowed reads (PNG/JPEG, .npz) are decoded once; GeoTIFF / .npy by window
+            whole = [self.reader.read(info, idx) if info.kind in ("pil", "npz") else None for info, idx in opened]
+            for window in tile_grid(meta["height"], meta["width"], self.tile, self.stride):
+                parts, invalid = [], None
+                for (info, idx), full in zip(opened, whole):
+                    image, bad = self._read(info, idx, full, window)
+                    parts.append(image)
+                    invalid = bad if invalid is None else invalid | bad
+                image = np.concatenate(parts, -1)
+                image[invalid] = np.tile(self.fill, len(parts))  # neutral after normalisation
+                yield ("tile", index, window, torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                       torch.from_numpy(invalid))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the workers
+            yield ("error", index, str(exc) or type(exc).__name__)
+            return
+        yield ("end", index)
+
+    def _read(self, info: FileInfo, indexes: list[int], whole: tuple | None,
+              window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if whole is None:
+            return self.reader.read(info, indexes, window)
+        y, x, h, w = window
+        image, invalid = whole
+        return image[y : y + h, x : x + w].copy(), invalid[y : y + h, x : x + w].copy()
+
+    def _check(self, job: Job, infos: list[FileInfo]) -> dict[str, Any]:
+        first = infos[0]
+        for other in infos[1:]:
+            if (other.height, other.width) != (first.height, first.width):
+                raise DataError(f"the pair {job.name} differs in size: {first.width}×{first.height} px "
+                                f"({first.path}) vs {other.width}×{other.height} px ({other.path})")
+        if min(first.height, first.width) < self.min_side:
+            raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
+                            f"{self.min_side} px per side")
+        return {"height": first.height, "width": first.width, "geo": _georeference(first),
+                "declares_nodata": any(v is not None for v in first.nodata)}
+
+
+def _georeference(info: FileInfo) -> dict[str, Any] | None:
+    if info.kind != "gdal":
+        return None
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(info.path) as src:
+            if src.crs is None and src.transform.is_identity and not src.gcps[0]:
+                return None
+            geo: dict[str, Any] = {"crs": src.crs, "transform": src.transform}
+            if src.gcps[0]:
+                geo = {"gcps": src.gcps[0], "crs": src.gcps[1]}
+            return geo
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ---- writing (main process) ---------------------------------------------------------------------------------
+class OpenJob:
+    """One image being predicted: its blender, its output files and its small preview for ``--overlay``."""
+
+    def __init__(self, job: Job, meta: dict[str, Any], tile: int, stride: int, blend: Blend, num_classes: int,
+                 bands: Sequence[str]) -> None:
+        self.job, self.meta, self.bands = job, meta, bands
+        height, width = meta["height"], meta["width"]
+        self.blender = RowBlender(height, width, tile, stride, blend)
+        self.ended = False
+        self.invalid_pixels = 0
+        suffix = job.mask.suffix.lower()
+        self.outputs: dict[str, OutputFile] = {}
+        palette = PALETTE[np.arange(256) % len(PALETTE)].flatten().tolist()
+        if "probabilities" in job.extras:
+            if suffix == ".png":  # 8-bit confidence of the winning class
+                self.outputs["probabilities"] = OutputFile(job.extras["probabilities"], height, width, 1, "uint8", 0)
+            else:
+                dtype = "float32" if suffix == ".tif" else "float16"
+                self.outputs["probabilities"] = OutputFile(job.extras["probabilities"], height, width, num_classes,
+                                                           dtype, float("nan"), meta["geo"])
+        self.outputs["mask"] = OutputFile(job.mask, height, width, 1, "uint8", MASK_NODATA, meta["geo"], palette)
+        self.step = max(1, math.ceil(max(height, width) / PREVIEW_SIDE))
+        if "overlay" in job.extras:
+            shape = (math.ceil(height / self.step), math.ceil(width / self.step))
+            self.preview_image = np.zeros((len(bands), *shape), dtype=np.float32)
+            self.preview_mask = np.zeros(shape, dtype=np.uint8)
+
+    @property
+    def complete(self) -> bool:
+        return self.ended and self.blender.received == len(self.blender)
+
+    def add(self, window: tuple[int, int, int, int], scores: torch.Tensor, image: torch.Tensor) -> None:
+        if "overlay" in self.job.extras:
+            self._preview(self.preview_image, window[0], window[1], image[: len(self.bands)].numpy())
+        for top, rows in self.blender.add(window, scores):
+            self._write(top, rows)
+
+    def _preview(self, target: np.ndarray, y: int, x: int, values: np.ndarray) -> None:
+        """Copy the pixels of ``values`` (C, h, w) at (y, x) that fall on the preview grid into ``target``."""
+        s = self.step
+        ry, rx = -y % s, -x % s
+        picked = values[..., ry::s, rx::s]
+        top, left = (y + ry) // s, (x + rx) // s
+        target[..., top : top + picked.shape[-2], left : left + picked.shape[-1]] = picked
+
+    def _write(self, top: int, rows: torch.Tensor) -> None:
+        probs, invalid = rows[:-1], rows[-1] > 0.5
+        mask = probs.argmax(0).to(torch.uint8)
+        mask[invalid] = MASK_NODATA
+        self.invalid_pixels += int(invalid.sum())
+        if "probabilities" in self.outputs:
+            out = self.outputs["probabilities"]
+            if out.bands == 1:
+                values = (probs.max(0).values * 255).round().to(torch.uint8)
+                values[invalid] = 0
+            else:
+                values = probs.clone()
+                values[:, invalid] = float("nan")
+            out.write(top, values.numpy())
+        self.outputs["mask"].write(top, mask.numpy())
+        if "overlay" in self.job.extras:
+            self._preview(self.preview_mask, top, 0, mask.numpy())
+
+    def commit(self, class_names: Sequence[str] | None = None) -> None:
+        if "overlay" in self.job.extras:
+            from PIL import Image
+
+            picture = overlay(rgb_composite(self.preview_image, self.bands), self.preview_mask, 0.5,
+                              ignore_index=MASK_NODATA)
+            path = self.job.extras["overlay"]
+            tmp = path.with_name(f".{path.name}.vadapt-partial.png")
+            Image.fromarray(picture).save(tmp)
+            os.replace(tmp, path)
+        for key in ("probabilities", "mask"):  # the mask last: its name marks the job complete
+            if key in self.outputs:
+                self.outputs[key].commit()
+
+    def discard(self) -> None:
+        for out in self.outputs.values():
+            out.discard()
+        remove_temporaries(self.job)
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+class Predictor:
+    """The checkpoint's model as ``(N, C·inputs, h, w)`` raw values -> ``(N, K, h, w)`` probabilities."""
+
+    def __init__(self, task: torch.nn.Module, device: str, merge: bool = True) -> None:
+        from vadapt.adapters import can_merge, merge_adapter
+
+        self.merged = False
+        if merge and task.adapter_config is not None and can_merge(task.adapter_config):
+            merge_adapter(task.backbone, task.adapter_config)
+            self.merged = True
+        self.task = task.eval().to(device)
+        self.device = device
+        self.inputs = getattr(task, "num_inputs", 1)
+        self.bands = list(task.backbone.bands)
+        self.num_classes = int(task.hparams["num_classes"])
+
+    @torch.inference_mode()
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        tiles = tiles.to(self.device, non_blocking=True)
+        logits = self.task(*tiles.chunk(self.inputs, dim=1)) if self.inputs > 1 else self.task(tiles)
+        return logits.float().softmax(1).cpu()
+
+
+def find_jobs(output: Path, input: str | None, input_a: str | None, input_b: str | None, fmt: str,
+              probabilities: bool, overlay: bool) -> tuple[list[Job], list[tuple[str, str]], list[str]]:
+    """Jobs, discovery failures ``(name, reason)`` and ignored files, sorted by name."""
+    if (input is None) == (input_a is None and input_b is None) or (input_a is None) != (input_b is None):
+        raise ValueError("give either --input, or --input-a and --input-b (change detection)")
+    out = output.resolve()
+
+    def listed(source: str) -> tuple[Path, list[Path], list[Path]]:
+        root, images, ignored = list_inputs(source)
+        keep = [p for p in images if out not in p.resolve().parents]  # never read our own outputs back
+        return root, keep, ignored
+
+    if input is not None:
+        root, images, ignored = listed(input)
+        jobs, failures = make_jobs([(p,) for p in images], root, output, fmt, probabilities, overlay)
+    else:
+        root, files_a, ignored = listed(input_a)
+        root_b, files_b, ignored_b = listed(input_b)
+        pairs, failures = pair_inputs(root, files_a, root_b, files_b)
+        jobs, collisions = make_jobs(pairs, root, output, fmt, probabilities, overlay)
+        failures += collisions
+        ignored += ignored_b
+    return jobs, sorted(failures), sorted(str(p) for p in ignored)
+
+
+def infer(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    input: str | None = None,
+    input_a: str | None = None,
+    input_b: str | None = None,
+    tile: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    num_workers: int = 1,
+    device: str = "cpu",
+    format: str = "auto",
+    probabilities: bool = False,
+    overlay: bool = False,
+    overwrite: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    weights: str | None = None,
+    file_bands: Sequence[str] | None = None,
+    scale: float = 1.0,
+    blend: Blend = "ramp",
+    merge: bool = True,
+    progress: bool = True,
+) -> InferReport:
+    """Predict every image under ``input`` (folder, glob or file) into ``output``; see the module docstring.
+
+    Args:
+        checkpoint: adapter checkpoint (``.safetensors``) or Lightning ``.ckpt`` of a vadapt task.
+        input_a, input_b: for change detection, the before / after folders, files paired by relative path.
+        tile, overlap: tile side and overlap in pixels; images up to ``tile`` px are predicted in one pass.
+        batch_size: tiles per forward pass (tiles of different images are batched together).
+        num_workers: DataLoader processes decoding files (0 = in the main process).
+        format: ``auto`` (GeoTIFF in -> ``tif``, ``.npy``/``.npz`` -> ``npy``, else ``png``), ``png``, ``tif``, ``npy``.
+        probabilities: also write ``<name>_prob.<ext>`` (float class probabilities; 8-bit confidence for PNG).
+        overlay: also write ``<name>_overlay.png``, the prediction over an RGB composite (at most 1024 px).
+        overwrite: redo outputs that already exist (otherwise they are skipped).
+        num_shards, shard_index: process every ``num_shards``-th job starting at ``shard_index`` (sorted by
+            name), so that separate processes or nodes share one folder.
+        weights: backbone weights path overriding the one stored in the checkpoint.
+        file_bands, scale: band names of inputs that do not name their bands, and a factor applied to values.
+        blend: ``ramp`` (seamless, default) or ``mean`` overlap blending.
+        merge: fold LoRA/DoRA into the backbone weights first (faster; same predictions).
+    """
+    from tqdm.auto import tqdm
+
+    from vadapt.checkpoint import load_task
+
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile={tile}), got {overlap}")
+    output = Path(output)
+    started = time.perf_counter()
+    report = InferReport()
+    jobs, failures, report.ignored = find_jobs(output, input, input_a, input_b, format, probabilities, overlay)
+    jobs, failures = jobs[shard_index::num_shards], failures[shard_index::num_shards]
+    report.failed += failures
+    todo = []
+    for job in jobs:
+        remove_temporaries(job)  # left by a killed run; each job belongs to exactly one shard
+        if job.complete() and not overwrite:
+            report.skipped.append(job.name)
+        else:
+            todo.append(job)
+
+    predictor = Predictor(load_task(checkpoint, weights), device, merge)
+    task = predictor.task
+    reader = BandReader(predictor.bands, file_bands, scale)
+    stream = TileStream(todo, reader, task.input_mean.flatten().tolist(), tile, tile - overlap)
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                        worker_init_fn=_single_thread_worker if num_workers else None,
+                        prefetch_factor=2 * batch_size if num_workers else None)
+    class_names = task.hparams.get("class_names")
+    bar = tqdm(total=len(todo), unit="file", disable=not progress, dynamic_ncols=True,
+               desc=f"vadapt infer{f' [{shard_index + 1}/{num_shards}]' if num_shards > 1 else ''}")
+    open_jobs: dict[int, OpenJob] = {}
+    pending: list[tuple] = []
+
+    def fail(index: int, reason: str) -> None:
+        state = open_jobs.pop(index, None)
+        if state is not None:
+            state.discard()
+        pending[:] = [p for p in pending if p[1] != index]
+        report.failed.append((todo[index].name, reason))
+        bar.write(f"failed: {todo[index].name}: {reason}")
+        bar.update()
+
+    def finish(index: int) -> None:
+        state = open_jobs[index]
+        if not state.complete:
+            return
+        try:
+            state.commit(class_names)
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full: report the file, keep going
+            fail(index, f"cannot write its output: {exc}")
+            return
+        open_jobs.pop(index)
+        report.done.append(state.job.name)
+        if state.invalid_pixels and not state.meta["declares_nodata"]:  # no nodata value: the pixels were NaN
+            report.warnings.append((state.job.name, f"{state.invalid_pixels} NaN pixels written as nodata "
+                                                    f"({MASK_NODATA})"))
+        bar.update()
+
+    def run_batch() -> None:
+        batch, pending[:] = list(pending), []
+        by_shape: dict[tuple[int, ...], list[tuple]] = {}
+        for item in batch:
+            by_shape.setdefault(tuple(item[3].shape), []).append(item)
+        touched = set()
+        for items in by_shape.values():
+            probs = predictor(torch.stack([item[3] for item in items]))
+            report.tiles += len(items)
+            for item, p in zip(items, probs):
+                _, index, window, image, invalid = item
+                if index not in open_jobs:
+                    continue
+                try:
+                    open_jobs[index].add(window, torch.cat([p, invalid[None].float()]), image)
+                except Exception as exc:  # noqa: BLE001
+                    fail(index, f"cannot write its output: {exc}")
+                    continue
+                touched.add(index)
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(tiles_per_s=f"{report.tiles / max(elapsed, 1e-9):.1f}", refresh=False)
+        for index in touched:
+            if index in open_jobs:
+                finish(index)
+
+    for item in loader:
+        kind, index = item[0], item[1]
+        if kind == "start":
+            try:
+                open_jobs[index] = OpenJob(todo[index], item[2], tile, tile - overlap, blend,
+                                           predictor.num_classes, predictor.bands)
+            except Exception as exc:  # noqa: BLE001
+                fail(index, f"cannot create its output: {exc}")
+        elif kind == "tile":
+            if index in open_jobs:
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    run_batch()
+        elif kind == "error":
+            fail(index, item[2])
+        elif kind == "end" and index in open_jobs:
+            open_jobs[index].ended = True
+            finish(index)
+    if pending:
+        run_batch()
+    bar.close()
+    report.seconds = time.perf_counter() - started
+    write_report(report, output, num_shards, shard_index)
+    return report
+
+
+def write_report(report: InferReport, output: Path, num_shards: int = 1, shard_index: int = 0) -> None:
+    """``failed.csv`` (input, reason; failures and warnings) and ``report.json`` in ``output``, atomically."""
+    output.mkdir(parents=True, exist_ok=True)
+    tag = f".shard{shard_index}of{num_shards}" if num_shards > 1 else ""
+    rows = [(name, "failed", reason) for name, reason in report.failed]
+    rows += [(name, "warning", reason) for name, reason in report.warnings]
+    csv_path, json_path = output / f"failed{tag}.csv", output / f"report{tag}.json"
+    tmp = csv_path.with_name(f".{csv_path.name}.vadapt-partial")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("input", "status", "reason"))
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
+    summary = {
+        "done": report.done, "skipped": report.skipped, "ignored": report.ignored, "tiles": report.tiles,
+        "seconds": round(report.seconds, 3),
+        "failed": [{"input": n, "reason": r} for n, r in report.failed],
+        "warnings": [{"input": n, "reason": r} for n, r in report.warnings],
+    }
+    tmp = json_path.with_name(f".{json_path.name}.vadapt-partial")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, json_path)

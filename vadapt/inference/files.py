@@ -1,0 +1,204 @@
+"""Which files a batch job reads and writes: input discovery, output names, atomic writers.
+
+Inputs are a folder (searched recursively), a glob or one file; outputs mirror the inputs' paths relative to
+the input root. Every output is written under a hidden temporary name in its final folder and renamed when
+complete (``os.replace`` is atomic), so a finished name always holds a complete file and a run killed at any
+moment leaves only temporaries, which the next run removes before it starts.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vadapt.data.io import GDAL_SUFFIXES
+
+IMAGE_SUFFIXES = frozenset(GDAL_SUFFIXES | {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy", ".npz"})
+FORMATS = ("auto", "png", "tif", "npy")
+TMP_MARK = ".vadapt-partial"
+MASK_NODATA = 255  # output value where the input had no data
+
+
+@dataclass
+class Job:
+    """One output: its input file(s) (two for change detection) and the files it writes."""
+
+    name: str  # input path relative to the input root, with its suffix (what reports show)
+    sources: tuple[Path, ...]
+    mask: Path
+    extras: dict[str, Path] = field(default_factory=dict)  # "probabilities" / "overlay" -> path
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [*self.extras.values(), self.mask]  # the mask is written last: it marks the job complete
+
+    def complete(self) -> bool:
+        return all(p.is_file() for p in self.outputs)
+
+
+def is_glob(pattern: str) -> bool:
+    return globlib.has_magic(pattern)
+
+
+def list_inputs(source: str | os.PathLike) -> tuple[Path, list[Path], list[Path]]:
+    """``(root, images, ignored)`` for a folder, a glob or one file; ``ignored`` are files without an image
+    suffix (reported, not failed); hidden files and our temporaries are skipped."""
+    text = str(source)
+    if is_glob(text):
+        root = Path(text[: min(i for i, c in enumerate(text) if c in "*?[")]).parent if "/" in text else Path(".")
+        found = [Path(p) for p in globlib.glob(text, recursive=True)]
+    elif Path(text).is_dir():
+        root = Path(text)
+        found = [p for p in root.rglob("*")]
+    elif Path(text).is_file():
+        return Path(text).parent, [Path(text)], []
+    else:
+        raise FileNotFoundError(f"input not found: {text} (give a folder, a glob such as 'scenes/*.tif', or a file)")
+    files = sorted(p for p in found if p.is_file() and not _hidden(p.relative_to(root)))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    ignored = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    return root, images, ignored
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def output_suffix(source: Path, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if fmt != "auto":
+        return "." + fmt
+    suffix = source.suffix.lower()
+    if suffix in GDAL_SUFFIXES:
+        return ".tif"
+    if suffix in (".npy", ".npz"):
+        return ".npy"
+    return ".png"
+
+
+def make_jobs(
+    sources: Sequence[tuple[Path, ...]], root: Path, output: Path, fmt: str, probabilities: bool, overlay: bool
+) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Jobs for ``sources`` (tuples of paired files) and ``(name, reason)`` of inputs whose output name
+    collides with an earlier one (``a.png`` and ``a.jpg`` both give ``a.png``)."""
+    jobs, collisions, taken = [], [], {}
+    for files in sources:
+        rel = files[0].relative_to(root)
+        suffix = output_suffix(files[0], fmt)
+        mask = output / rel.with_suffix(suffix)
+        if mask in taken:
+            collisions.append((str(rel), f"its output {mask} is also the output of {taken[mask]}"))
+            continue
+        taken[mask] = str(rel)
+        extras = {}
+        if probabilities:
+            extras["probabilities"] = mask.with_name(f"{mask.stem}_prob{suffix}")
+        if overlay:
+            extras["overlay"] = mask.with_name(f"{mask.stem}_overlay.png")
+        jobs.append(Job(str(rel), tuple(files), mask, extras))
+    return jobs, collisions
+
+
+def pair_inputs(root_a: Path, files_a: Sequence[Path], root_b: Path,
+                files_b: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """Pairs of before/after files matched by relative path, and ``(name, reason)`` of unpaired files."""
+    by_rel_b = {p.relative_to(root_b): p for p in files_b}
+    pairs, unpaired = [], []
+    for a in files_a:
+        rel = a.relative_to(root_a)
+        b = by_rel_b.pop(rel, None)
+        if b is None:
+            unpaired.append((str(rel), f"no file {rel} in {root_b} (the 'after' folder)"))
+        else:
+            pairs.append((a, b))
+    unpaired += [(str(rel), f"no file {rel} in {root_a} (the 'before' folder)") for rel in by_rel_b]
+    return pairs, unpaired
+
+
+def temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{path.suffix}")
+
+
+def remove_temporaries(job: Job) -> None:
+    for path in job.outputs:
+        temporary(path).unlink(missing_ok=True)
+
+
+class OutputFile:
+    """A raster written row block by row block under a temporary name; ``commit`` renames it into place.
+
+    Args:
+        path: final path; the suffix picks the format: ``.tif`` (GeoTIFF, deflate-compressed, with ``geo`` from
+            the input: CRS, transform, GCPs), ``.npy`` (``(H, W)`` or ``(H, W, bands)``, memory-mapped) or
+            ``.png`` (kept in memory, written at commit; one band, with ``palette`` if given).
+        dtype, bands, nodata: pixel type, band count and the nodata value stored in GeoTIFFs.
+    """
+
+    def __init__(self, path: Path, height: int, width: int, bands: int, dtype: str, nodata: float | None,
+                 geo: dict[str, Any] | None = None, palette: list[int] | None = None) -> None:
+        self.path, self.tmp, self.suffix = path, temporary(path), path.suffix.lower()
+        self.height, self.width, self.bands, self.dtype = height, width, bands, np.dtype(dtype)
+        self.palette = palette
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.suffix == ".tif":
+            import rasterio
+
+            profile = {
+                "driver": "GTiff", "height": height, "width": width, "count": bands, "dtype": self.dtype.name,
+                "nodata": nodata, "compress": "deflate", "predictor": 2 if self.dtype.kind in "iu" else 3,
+                "BIGTIFF": "IF_SAFER",
+                **({"tiled": True, "blockxsize": 256, "blockysize": 256} if min(height, width) >= 256 else {}),
+                **(geo or {}),
+            }
+            with warnings.catch_warnings():  # a plain TIFF in gives a plain TIFF out: no NotGeoreferencedWarning
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._file: Any = rasterio.open(self.tmp, "w", **profile)
+        elif self.suffix == ".npy":
+            shape = (height, width) if bands == 1 else (height, width, bands)
+            self._file = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=shape)
+        elif self.suffix == ".png":
+            self._file = np.zeros((height, width), dtype=self.dtype)
+        else:
+            raise ValueError(f"cannot write {path}: the output format is png, tif or npy")
+
+    def write(self, top: int, rows: np.ndarray) -> None:
+        """Write ``rows`` ``(n, W)`` or ``(bands, n, W)`` at row ``top``."""
+        rows = rows.reshape(self.bands, -1, self.width) if rows.ndim == 2 else rows
+        n = rows.shape[1]
+        if self.suffix == ".tif":
+            from rasterio.windows import Window
+
+            self._file.write(rows.astype(self.dtype, copy=False), window=Window(0, top, self.width, n))
+        elif self.suffix == ".npy":
+            self._file[top : top + n] = rows[0] if self.bands == 1 else np.moveaxis(rows, 0, -1)
+        else:
+            self._file[top : top + n] = rows[0]
+
+    def commit(self) -> None:
+        if self.suffix == ".tif":
+            self._file.close()
+        elif self.suffix == ".npy":
+            self._file.flush()
+            del self._file
+        else:
+            from PIL import Image
+
+            image = Image.frombytes("L" if self.palette is None else "P", (self.width, self.height),
+                                    np.ascontiguousarray(self._file, dtype=np.uint8).tobytes())
+            if self.palette is not None:
+                image.putpalette(self.palette)
+            image.save(self.tmp, format="PNG")
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        if self.suffix == ".tif" and not self._file.closed:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
