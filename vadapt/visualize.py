@@ -76,3 +76,30 @@ def prediction_panel(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
             y, x = r * (height + gap), c * (width + gap)
             canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
     return Image.fromarray(canvas)
+
+
+def change_panel(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], bands: Sequence[str],
+                 ignore_index: int | None = None, gap: int = 4):
+    """One row per pair: date A | date B | truth | prediction, as a PIL image.
+
+    Each row is ``(image_a (C, H, W), image_b (C, H, W), truth (H, W), prediction (H, W))``; change maps are
+    drawn white (changed) on black, ``ignore_index`` pixels grey.
+    """
+    from PIL import Image
+
+    def grey(mask: np.ndarray) -> np.ndarray:
+        out = np.where(mask == 1, 255, 0).astype(np.uint8)
+        if ignore_index is not None:
+            out[mask == ignore_index] = 128
+        return np.repeat(out[..., None], 3, axis=-1)
+
+    tiles = [[rgb_composite(a, bands), rgb_composite(b, bands), grey(truth), grey(pred)]
+             for a, b, truth, pred in rows]
+    height = max(t[0].shape[0] for t in tiles)
+    width = max(t[0].shape[1] for t in tiles)
+    canvas = np.full((len(tiles) * (height + gap) - gap, 4 * (width + gap) - gap, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            y, x = r * (height + gap), c * (width + gap)
+            canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+    return Image.fromarray(canvas)

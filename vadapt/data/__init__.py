@@ -6,6 +6,8 @@
 * ``RasterSegmentationDataModule`` -- random windows of large multi-band GeoTIFF / npy / npz scenes with
   nodata, ``vadapt.data.raster``;
 * ``SceneDataModule`` -- random crops of ``.npz`` scenes with held-out rows, ``vadapt.data.scene``;
+* ``ChangeDetectionDataModule`` -- bi-temporal pairs ``A/``, ``B/``, ``label/`` (LEVIR-CD / WHU-CD / SYSU-CD),
+  ``vadapt.data.change``;
 * ``compute_band_stats`` / ``print_band_stats`` -- per-band mean / std for ``vadapt stats``,
   ``vadapt.data.stats``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "ChangeDetectionDataModule": "change",
     "FolderSegmentationDataModule": "folder",
     "MMSegDataModule": "mmseg",
     "RasterSegmentationDataModule": "raster",

@@ -1,0 +1,366 @@
+"""Batch inference (`vadapt infer`): tiling and blending, georeference, bad input, resume, kill, shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+from vadapt.adapters import LoraConfig
+from vadapt.checkpoint import load_task, save_adapter
+from vadapt.cli import main
+from vadapt.inference import RowBlender, infer, sliding_window, tile_grid
+from vadapt.inference.files import TMP_MARK, pair_inputs
+from vadapt.inference.tiling import tile_starts
+from vadapt.tasks import SemanticSegmentationTask
+
+BANDS = ("red", "green", "blue")
+
+
+# ---- tiling ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,tile,stride", [(100, 32, 24), (64, 64, 32), (20, 64, 32), (257, 128, 128)])
+def test_tile_starts_cover_every_pixel_once_flush_with_the_edge(size, tile, stride):
+    starts = tile_starts(size, tile, stride)
+    covered = np.zeros(size, dtype=int)
+    for s in starts:
+        covered[s : s + min(tile, size)] += 1
+    assert covered.min() >= 1
+    assert starts[0] == 0 and starts[-1] + min(tile, size) == size
+    assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
+
+
+def test_one_window_image_gives_exactly_the_single_pass():
+    image = torch.randn(2, 3, 50, 64)
+
+    def predict(x):  # depends on the whole input, so any tiling would change it
+        return x.mean((1, 2, 3), keepdim=True).expand(-1, 2, *x.shape[-2:]) + x[:, :2]
+
+    assert torch.equal(sliding_window(predict, image, tile=64, stride=32), predict(image))
+
+
+@pytest.mark.parametrize("blend", ["mean", "ramp"])
+def test_blending_a_pixelwise_model_reproduces_it(blend):
+    image = torch.randn(2, 3, 150, 170)
+
+    def predict(x):
+        return torch.cat([x.sum(1, keepdim=True), x[:, :1] ** 2], 1)
+
+    assert torch.allclose(sliding_window(predict, image, tile=64, stride=40, blend=blend), predict(image), atol=1e-5)
+
+
+@pytest.mark.parametrize("blend", ["mean", "ramp"])
+def test_row_blender_streams_the_same_result_as_the_in_memory_blend(blend):
+    image = torch.randn(1, 2, 130, 97)
+
+    def predict(x):  # context-dependent (per-tile mean), so the blend weights matter
+        return x - x.mean((2, 3), keepdim=True)
+
+    expected = sliding_window(predict, image, tile=48, stride=36, blend=blend)[0]
+    blender, out = RowBlender(130, 97, 48, 36, blend), torch.full((2, 130, 97), float("nan"))
+    assert blender.weight.shape[0] == 48  # memory: one tile row, whatever the image height
+    for y, x, h, w in blender.windows:
+        for top, rows in blender.add((y, x, h, w), predict(image[:, :, y : y + h, x : x + w])[0]):
+            out[:, top : top + rows.shape[1]] = rows
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_ramp_blend_leaves_no_seam_where_tiles_disagree():
+    """Each tile adds its own offset (a model whose output depends on the tile's context): a smooth ramp
+    across the tile border stays smooth with ``ramp`` blending; ``mean`` blending shows a step."""
+    width, tile, stride = 200, 64, 48
+    ramp = torch.linspace(0, 1, width).expand(1, 1, 32, width).contiguous()
+    offsets = iter(range(100))
+
+    def predict(x):
+        return x + 0.5 * (next(offsets) % 2)  # neighbouring tiles disagree by 0.5
+
+    steps = {}
+    for blend in ("mean", "ramp"):
+        offsets = iter(range(100))
+        out = sliding_window(predict, ramp, tile=tile, stride=stride, blend=blend, batch_size=1)[0, 0, 0]
+        steps[blend] = out.diff().abs().max().item()
+    slope = 1 / (width - 1)
+    assert steps["mean"] > 0.2  # a visible seam
+    assert steps["ramp"] < 0.5 / (tile - stride) + 2 * slope  # spread over the overlap
+
+
+def test_tile_grid_row_major():
+    grid = tile_grid(100, 70, 64, 48)
+    assert [w[:2] for w in grid] == [(0, 0), (0, 6), (36, 0), (36, 6)]
+
+
+# ---- a small model and data --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from vadapt.backbones import create_backbone
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    weights = folder / "backbone.pth"  # upstream-format weights of the tiny backbone, as users have real ones
+    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
+    task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", weights=str(weights), bands=BANDS,
+                                    num_classes=3, head="fpn", adapter=LoraConfig(r=4), mean=[0.5] * 3,
+                                    std=[0.25] * 3)
+    with torch.no_grad():  # a "trained" adapter: random, non-zero LoRA and head weights
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    return save_adapter(task, folder / "adapter.safetensors")
+
+
+def write_geotiff(path: Path, data: np.ndarray, nodata: float | None = None, crs: str | None = "EPSG:32633",
+                  names: tuple[str, ...] | None = BANDS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    geo = {"crs": crs, "transform": from_origin(500_000, 5_000_000, 10, 10)} if crs else {}
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0],
+                       dtype=data.dtype.name, nodata=nodata, **geo) as dst:
+        dst.write(data)
+        if names:
+            dst.descriptions = names
+
+
+def random_image(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    base = np.stack([np.sin(xx / 9 + seed), np.cos(yy / 7), np.sin((xx + yy) / 11)])
+    return (0.5 + 0.3 * base + 0.05 * rng.standard_normal((3, h, w))).astype(np.float32)
+
+
+def predict_direct(checkpoint: Path, image: np.ndarray) -> np.ndarray:
+    task = load_task(checkpoint).eval()
+    with torch.no_grad():
+        return task(torch.from_numpy(image)[None]).argmax(1)[0].numpy()
+
+
+def read_mask(path: Path) -> np.ndarray:
+    if path.suffix == ".tif":
+        with rasterio.open(path) as src:
+            return src.read(1)
+    if path.suffix == ".npy":
+        return np.load(path)
+    return np.asarray(Image.open(path))
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if TMP_MARK in p.name]
+
+
+# ---- the folder job -------------------------------------------------------------------------------------
+def test_geotiff_keeps_georeference_and_nodata_and_matches_the_model(tmp_path, checkpoint):
+    image = random_image(90, 120, 0)
+    image[:, :5, :7] = -1.0
+    write_geotiff(tmp_path / "in" / "region" / "a.tif", image, nodata=-1.0)
+    report = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "in"), tile=128, progress=False,
+                   probabilities=True)
+    assert report.done == ["region/a.tif"] and report.ok
+    out = tmp_path / "out" / "region" / "a.tif"
+    with rasterio.open(tmp_path / "in" / "region" / "a.tif") as src, rasterio.open(out) as dst:
+        assert (dst.crs, dst.transform, dst.shape, dst.nodata) == (src.crs, src.transform, src.shape, 255)
+        assert dst.profile["compress"] == "deflate"
+        mask = dst.read(1)
+    assert (mask[:5, :7] == 255).all()
+    valid = np.ones(mask.shape, dtype=bool)
+    valid[:5, :7] = False
+    filled = image.copy()
+    filled[:, ~valid] = 0.5  # the model's mean: what infer puts into nodata pixels
+    assert np.array_equal(mask[valid], predict_direct(checkpoint, filled)[valid])
+    with rasterio.open(tmp_path / "out" / "region" / "a_prob.tif") as src:
+        probs = src.read()
+        assert src.crs is not None and src.count == 3
+    assert np.isnan(probs[:, :5, :7]).all()
+    assert np.allclose(probs[:, valid].sum(0), 1, atol=1e-5)
+    assert np.array_equal(probs.argmax(0)[valid], mask[valid])
+
+
+def test_large_image_streamed_through_files_equals_the_in_memory_sliding_window(tmp_path, checkpoint):
+    image = random_image(200, 260, 1)
+    write_geotiff(tmp_path / "in" / "big.tif", image)
+    report = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "in"), tile=96, overlap=32,
+                   batch_size=3, progress=False, merge=False, probabilities=True)
+    assert report.tiles == len(tile_grid(200, 260, 96, 64)) > 1
+    task = load_task(checkpoint).eval()
+    with torch.no_grad():
+        expected = sliding_window(lambda x: task(x).softmax(1), torch.from_numpy(image)[None], 96, 64, "ramp")[0]
+    with rasterio.open(tmp_path / "out" / "big_prob.tif") as src:
+        assert np.allclose(src.read(), expected.numpy(), atol=1e-4)
+    assert (read_mask(tmp_path / "out" / "big.tif") == expected.argmax(0).numpy()).mean() > 0.999
+
+
+@pytest.mark.parametrize("fmt", ["png", "npy", "tif"])
+def test_formats_and_merged_equals_unmerged(tmp_path, checkpoint, fmt):
+    image = random_image(64, 80, 2)
+    Image.fromarray((image.transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8)).save(tmp_path / "p.png")
+    masks = {}
+    for merge in (True, False):
+        out = tmp_path / f"out{merge}"
+        infer(checkpoint, out, input=str(tmp_path / "p.png"), format=fmt, merge=merge, progress=False)
+        masks[merge] = read_mask(out / f"p.{fmt}")
+    assert masks[True].shape == (64, 80)
+    assert (masks[True] == masks[False]).mean() > 0.999
+
+
+def test_multiband_npy_uses_file_bands_and_scale(tmp_path, checkpoint):
+    image = random_image(40, 50, 3)
+    stored = np.concatenate([image[::-1], np.zeros((1, 40, 50), np.float32)]) * 100  # blue, green, red, nir
+    np.save(tmp_path / "scene.npy", stored.transpose(1, 2, 0))
+    report = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "scene.npy"), progress=False,
+                   file_bands=["blue", "green", "red", "nir"], scale=0.01)
+    assert report.ok
+    assert np.array_equal(np.load(tmp_path / "out" / "scene.npy"), predict_direct(checkpoint, image))
+    bad = infer(checkpoint, tmp_path / "out2", input=str(tmp_path / "scene.npy"), progress=False)
+    assert "file_bands" in bad.failed[0][1] or "--file-bands" in bad.failed[0][1]
+
+
+def make_bad_folder(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    good = random_image(48, 64, 4)
+    write_geotiff(folder / "good.tif", good)
+    Image.fromarray((good.transpose(1, 2, 0) * 255).astype(np.uint8)).save(folder / "good.png")
+    data = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "empty.tif").write_bytes(b"")
+    (folder / "not_an_image.jpg").write_text("hello")
+    (folder / "README.txt").write_text("not an image suffix: ignored")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "one_pixel.png")
+    write_geotiff(folder / "two_bands.tif", good[:2], names=("red", "green"))
+    with_nan = good.copy()
+    with_nan[:, 10:12, 20:25] = np.nan
+    write_geotiff(folder / "nan.tif", with_nan)
+
+
+def test_bad_files_are_reported_and_the_rest_is_processed(tmp_path, checkpoint, capsys):
+    make_bad_folder(tmp_path / "in")
+    code = main(["infer", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "out"), "--quiet"])
+    assert code == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(report["done"]) == ["good.png", "good.tif", "nan.tif"]
+    reasons = {row["input"]: row["reason"] for row in report["failed"]}
+    assert set(reasons) == {"truncated.png", "empty.tif", "not_an_image.jpg", "one_pixel.png", "two_bands.tif"}
+    assert "truncated" in reasons["truncated.png"]
+    assert "1×1" in reasons["one_pixel.png"]
+    assert "blue" in reasons["two_bands.tif"]  # names the missing band
+    assert [w["input"] for w in report["warnings"]] == ["nan.tif"]
+    assert (read_mask(tmp_path / "out" / "nan.tif")[10:12, 20:25] == 255).all()
+    csv_rows = (tmp_path / "out" / "failed.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 5 + 1  # header, failures, the NaN warning
+    assert report["ignored"] == [str(tmp_path / "in" / "README.txt")]
+    printed = capsys.readouterr()
+    assert "failed: truncated.png" in printed.out + printed.err  # one line on screen per failure
+    assert "failed 5" in printed.out
+    assert not leftovers(tmp_path / "out")
+
+
+def test_rerun_skips_complete_outputs_cleans_temporaries_and_overwrite_redoes(tmp_path, checkpoint):
+    for i in range(3):
+        write_geotiff(tmp_path / "in" / f"{i}.tif", random_image(40, 40, i))
+    first = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "in"), progress=False)
+    assert len(first.done) == 3
+    (tmp_path / "out" / "1.tif").unlink()  # lost output ...
+    stale = tmp_path / "out" / f".1.tif{TMP_MARK}.tif"
+    stale.write_bytes(b"half a file")  # ... and a temporary left by a killed run
+    second = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "in"), progress=False)
+    assert (second.done, sorted(second.skipped)) == (["1.tif"], ["0.tif", "2.tif"])
+    assert not stale.exists()
+    third = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "in"), progress=False, overwrite=True)
+    assert len(third.done) == 3
+
+
+def test_change_detection_inputs_are_paired_by_relative_path(tmp_path):
+    for side in ("A", "B"):
+        (tmp_path / side / "sub").mkdir(parents=True)
+    for name in ("sub/x.png", "y.png", "only_a.png"):
+        (tmp_path / "A" / name).touch()
+    for name in ("sub/x.png", "y.png", "only_b.png"):
+        (tmp_path / "B" / name).touch()
+    files = {s: sorted(p for p in (tmp_path / s).rglob("*.png")) for s in "AB"}
+    pairs, unpaired = pair_inputs(tmp_path / "A", files["A"], tmp_path / "B", files["B"])
+    assert [(a.relative_to(tmp_path / "A").as_posix(), b.relative_to(tmp_path / "B").as_posix())
+            for a, b in pairs] == [("sub/x.png", "sub/x.png"), ("y.png", "y.png")]
+    assert sorted(n for n, _ in unpaired) == ["only_a.png", "only_b.png"]
+
+
+def test_bad_arguments_give_a_clear_error(tmp_path, checkpoint, capsys):
+    assert main(["infer", "--checkpoint", str(tmp_path / "missing.safetensors"), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert main(["infer", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "nope"),
+                 "--output", str(tmp_path / "o")]) == 2
+    assert main(["infer", "--checkpoint", str(checkpoint), "--input", str(tmp_path), "--output",
+                 str(tmp_path / "o"), "--overlap", "600"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "input not found" in err and "overlap" in err
+
+
+# ---- processes: kill and resume, shards ------------------------------------------------------------------
+def run_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vadapt.cli", "infer", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def folder_of_scenes(folder: Path, n: int, size: int = 96) -> None:
+    for i in range(n):
+        write_geotiff(folder / f"scene_{i:02d}.tif", random_image(size, size, i))
+
+
+def masks_of(folder: Path) -> dict[str, np.ndarray]:
+    return {p.relative_to(folder).as_posix(): read_mask(p) for p in sorted(folder.rglob("*.tif"))}
+
+
+def test_sigkill_then_rerun_finishes_with_no_partial_files(tmp_path, checkpoint):
+    folder_of_scenes(tmp_path / "in", 10)
+    args = ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"), "--tile", "32", "--overlap", "8",
+            "--batch-size", "2", "--quiet"]
+    reference = run_cli(*args, "--output", str(tmp_path / "ref"))
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+    proc = run_cli(*args, "--output", str(tmp_path / "out"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "out").glob("scene_*.tif")):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = list((tmp_path / "out").glob("scene_*.tif"))
+    assert 0 < len(done_before) < 10, "the run was not killed mid-way; make the job longer"
+    again = run_cli(*args, "--output", str(tmp_path / "out"))
+    assert again.wait(timeout=300) == 0
+    assert "skipped" in again.stdout.read()
+    assert not leftovers(tmp_path / "out")
+    got, want = masks_of(tmp_path / "out"), masks_of(tmp_path / "ref")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert (got[name] == want[name]).mean() > 0.999, name
+
+
+def test_two_shards_produce_exactly_the_outputs_of_one_process(tmp_path, checkpoint):
+    folder_of_scenes(tmp_path / "in", 5, size=48)
+    (tmp_path / "in" / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    args = ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"), "--quiet", "--num-workers", "0"]
+    single = run_cli(*args, "--output", str(tmp_path / "one"))
+    shards = [run_cli(*args, "--output", str(tmp_path / "two"), "--num-shards", "2", "--shard-index", str(i))
+              for i in range(2)]
+    assert single.wait(timeout=300) == 1  # the broken file
+    assert sorted(p.wait(timeout=300) for p in shards) == [0, 1]  # it is reported by exactly one shard
+    one, two = masks_of(tmp_path / "one"), masks_of(tmp_path / "two")
+    assert sorted(one) == sorted(two) and len(one) == 5
+    for name in one:
+        assert np.array_equal(one[name], two[name]), name
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "two").glob("report.shard*of2.json"))]
+    assert sorted(sum((r["done"] for r in reports), [])) == sorted(one)
+    assert sum(len(r["failed"]) for r in reports) == 1
+
+
+def test_python_api_is_exported():
+    import vadapt
+
+    assert vadapt.infer is infer
+    assert os.environ.get("GDAL_CACHEMAX")  # set by the engine so GDAL's cache stays small
