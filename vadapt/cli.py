@@ -128,9 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_infer(args: argparse.Namespace) -> int:
     from vadapt.checkpoint import AdapterCheckpointError
     from vadapt.inference import infer
-    from vadapt.memory import return_freed_memory_to_os
-
-    return_freed_memory_to_os()
     try:
         report = infer(
             args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,

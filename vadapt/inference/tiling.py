@@ -138,7 +138,10 @@ class RowBlender:
             return
         out = self.total[:, :n] / self.weight[:n].clamp_min(1e-12)
         yield self.top, out
-        # shift the kept rows to the top of the buffers
-        self.total = torch.cat([self.total[:, n:], torch.zeros_like(self.total[:, :n])], 1)
-        self.weight = torch.cat([self.weight[n:], torch.zeros_like(self.weight[:n])], 0)
+        # move the kept rows (the overlap with the next tile row) to the top of the buffers, in place
+        kept = self.weight.shape[0] - n
+        for buffer in (self.total, self.weight):
+            rows = buffer[..., n:, :].clone()
+            buffer.zero_()
+            buffer[..., :kept, :] = rows
         self.top = until
