@@ -364,3 +364,34 @@ def test_python_api_is_exported():
 
     assert vadapt.infer is infer
     assert os.environ.get("GDAL_CACHEMAX")  # set by the engine so GDAL's cache stays small
+
+
+def test_change_detection_pairs_give_the_models_change_mask(tmp_path):
+    from vadapt.backbones import create_backbone
+    from vadapt.tasks import ChangeDetectionTask
+
+    weights = tmp_path / "backbone.pth"
+    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
+    task = ChangeDetectionTask(backbone="efficientnet_lite0_test", weights=str(weights), adapter=LoraConfig(r=2),
+                               decoder_channels=16, mean=[0.5] * 3, std=[0.25] * 3)
+    with torch.no_grad():
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    ckpt = save_adapter(task, tmp_path / "cd.safetensors")
+    before, after = random_image(64, 72, 5), random_image(64, 72, 6)
+    for folder, image in (("A", before), ("B", after)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray((image.transpose(1, 2, 0) * 255).astype(np.uint8)).save(tmp_path / folder / "pair.png")
+    Image.fromarray(np.zeros((64, 72, 3), np.uint8)).save(tmp_path / "A" / "lonely.png")
+    report = infer(ckpt, tmp_path / "out", input_a=str(tmp_path / "A"), input_b=str(tmp_path / "B"),
+                   progress=False, probabilities=True)
+    assert report.done == ["pair.png"]
+    assert [name for name, _ in report.failed] == ["lonely.png"] and "'after' folder" in report.failed[0][1]
+    quantised = [np.asarray(Image.open(tmp_path / f / "pair.png"), dtype=np.float32).transpose(2, 0, 1)
+                 for f in "AB"]
+    model = load_task(ckpt).eval()
+    with torch.no_grad():
+        expected = model(*(torch.from_numpy(q)[None] for q in quantised)).argmax(1)[0].numpy()
+    assert expected.min() != expected.max()  # the random model predicts both classes: the comparison means something
+    assert (read_mask(tmp_path / "out" / "pair.png") == expected).mean() > 0.999  # merged LoRA: float-level changes

@@ -66,9 +66,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--output", required=True, help="output folder")
     infer.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
     infer.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
-    infer.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    infer.add_argument("--batch-size", type=int, help="tiles per forward pass (default 1 on CPU, 8 on GPU)")
     infer.add_argument("--num-workers", type=int, default=1, help="decoding processes (default 1; 0 = none)")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    infer.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="autocast precision (default fp32; bf16 is faster on recent CPUs, fp16 on GPUs)")
     infer.add_argument("--format", choices=("auto", "png", "tif", "npy"), default="auto",
                        help="output format; auto: GeoTIFF in -> tif, .npy/.npz -> npy, else png")
     infer.add_argument("--probabilities", action="store_true", help="also write <name>_prob.<ext>")
@@ -107,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vadapt.config import task_from_config_file
         from vadapt.params import format_table
 
-        with torch.device("meta"):  # counts need shapes only: no weight file, no memory
+        try:
+            with torch.device("meta"):  # counts need shapes only: no weight file, no memory
+                counts = task_from_config_file(args.config, weights=None).parameter_counts()
+        except (RuntimeError, NotImplementedError):  # a constructor that reads values (SAM 2's Hiera calls .item())
             counts = task_from_config_file(args.config, weights=None).parameter_counts()
         print(json.dumps(counts) if args.json else format_table(counts))
     elif args.command == "stats":
@@ -132,7 +137,8 @@ def run_infer(args: argparse.Namespace) -> int:
         report = infer(
             args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, num_workers=args.num_workers,
-            device=args.device, format=args.format, probabilities=args.probabilities, overlay=args.overlay,
+            device=args.device, precision=args.precision, format=args.format, probabilities=args.probabilities,
+            overlay=args.overlay,
             overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
             weights=args.weights, file_bands=args.file_bands, scale=args.scale, blend=args.blend,
             merge=not args.no_merge, progress=not args.quiet,
