@@ -192,7 +192,9 @@ def test_large_image_streamed_through_files_equals_the_in_memory_sliding_window(
     with torch.no_grad():
         expected = sliding_window(lambda x: task(x).softmax(1), torch.from_numpy(image)[None], 96, 64, "ramp")[0]
     with rasterio.open(tmp_path / "out" / "big_prob.tif") as src:
-        assert np.allclose(src.read(), expected.numpy(), atol=1e-4)
+        # float rounding only (channels-last, thread split; this random model's logits are ~50): a blending or
+        # streaming error would be off by ~0.1 or more
+        assert np.allclose(src.read(), expected.numpy(), atol=5e-3)
     assert (read_mask(tmp_path / "out" / "big.tif") == expected.argmax(0).numpy()).mean() > 0.999
 
 
@@ -395,3 +397,42 @@ def test_change_detection_pairs_give_the_models_change_mask(tmp_path):
         expected = model(*(torch.from_numpy(q)[None] for q in quantised)).argmax(1)[0].numpy()
     assert expected.min() != expected.max()  # the random model predicts both classes: the comparison means something
     assert (read_mask(tmp_path / "out" / "pair.png") == expected).mean() > 0.999  # merged LoRA: float-level changes
+
+
+# ---- batch-norm folding -------------------------------------------------------------------------------------
+def test_folding_batch_norms_keeps_the_outputs_and_drops_the_norms(checkpoint):
+    from vadapt.inference.fuse import fold_batch_norms
+
+    task, reference = load_task(checkpoint).eval(), load_task(checkpoint).eval()
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in task.modules())
+    folded = fold_batch_norms(task, torch.rand(1, 3, 40, 40))
+    assert 0 < folded <= norms
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in task.modules()) == norms - folded
+    x = torch.rand(2, 3, 72, 96)
+    with torch.no_grad():
+        got, want = task(x), reference(x)
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()  # float rounding of the folded weights only
+
+
+def test_folding_is_undone_where_another_module_reads_the_convolution():
+    from torch import nn
+
+    from vadapt.inference.fuse import fold_batch_norms
+
+    class Skip(nn.Module):  # conv output feeds the norm *and* the residual sum
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = Skip().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    x = torch.rand(1, 3, 16, 16)
+    before = model(x).detach()
+    assert fold_batch_norms(model, x) == 0
+    assert isinstance(model.bn, nn.BatchNorm2d) and torch.equal(model(x).detach(), before)

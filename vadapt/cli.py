@@ -68,6 +68,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
     infer.add_argument("--batch-size", type=int, help="tiles per forward pass (default 1 on CPU, 8 on GPU)")
     infer.add_argument("--num-workers", type=int, default=1, help="decoding processes (default 1; 0 = none)")
+    infer.add_argument("--model-threads", type=int, help="batches in the model at once (default 2 on CPU, 1 on GPU)")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     infer.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                        help="autocast precision (default fp32; bf16 is faster on recent CPUs, fp16 on GPUs)")
@@ -137,8 +138,8 @@ def run_infer(args: argparse.Namespace) -> int:
         report = infer(
             args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, num_workers=args.num_workers,
-            device=args.device, precision=args.precision, format=args.format, probabilities=args.probabilities,
-            overlay=args.overlay,
+            device=args.device, precision=args.precision, model_threads=args.model_threads, format=args.format,
+            probabilities=args.probabilities, overlay=args.overlay,
             overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
             weights=args.weights, file_bands=args.file_bands, scale=args.scale, blend=args.blend,
             merge=not args.no_merge, progress=not args.quiet,

@@ -20,7 +20,9 @@ import json
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +43,7 @@ from .files import (
     pair_inputs,
     remove_temporaries,
 )
+from .fuse import fold_batch_norms
 from .tiling import Blend, RowBlender, tile_grid
 
 os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) would dwarf our own buffers
@@ -264,15 +267,21 @@ class OpenJob:
 class Predictor:
     """The checkpoint's model as ``(N, C·inputs, h, w)`` raw values -> ``(N, K, h, w)`` probabilities."""
 
-    def __init__(self, task: torch.nn.Module, device: str, merge: bool = True, precision: Precision = "fp32") -> None:
+    def __init__(self, task: torch.nn.Module, device: str, merge: bool = True, precision: Precision = "fp32",
+                 fold_norms: bool = True) -> None:
         from vadapt.adapters import can_merge, merge_adapter
 
-        self.merged = False
+        self.merged, self.folded = False, 0
         if merge and task.adapter_config is not None and can_merge(task.adapter_config):
             merge_adapter(task.backbone, task.adapter_config)
             self.merged = True
+        task.eval()
+        if fold_norms and any(isinstance(m, torch.nn.BatchNorm2d) for m in task.modules()):
+            example = [task.input_mean + task.input_std * torch.randn(1, len(task.input_mean.flatten()), 64, 64)
+                       for _ in range(getattr(task, "num_inputs", 1))]
+            self.folded = fold_batch_norms(task, *example)
         # channels-last convolutions are ~10-15% faster on CPU (oneDNN) and on tensor-core GPUs; same results
-        self.task = task.eval().to(device, memory_format=torch.channels_last)
+        self.task = task.to(device, memory_format=torch.channels_last)
         self.device = torch.device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -328,6 +337,7 @@ def infer(
     num_workers: int = 1,
     device: str = "cpu",
     precision: Precision = "fp32",
+    model_threads: int | None = None,
     format: str = "auto",
     probabilities: bool = False,
     overlay: bool = False,
@@ -352,6 +362,9 @@ def infer(
         precision: ``fp32``, or autocast to ``bf16`` (CPU with AVX-512 BF16 or GPU) / ``fp16`` (GPU): faster,
             slightly different probabilities.
         num_workers: DataLoader processes decoding files (0 = in the main process).
+        model_threads: batches run through the model at once, each with its share of the intra-op threads;
+            default 2 on a CPU (two single-threaded forwards beat one two-threaded forward by ~12% on small
+            convnets), 1 on a GPU.
         format: ``auto`` (GeoTIFF in -> ``tif``, ``.npy``/``.npz`` -> ``npy``, else ``png``), ``png``, ``tif``, ``npy``.
         probabilities: also write ``<name>_prob.<ext>`` (float class probabilities; 8-bit confidence for PNG).
         overlay: also write ``<name>_overlay.png``, the prediction over an RGB composite (at most 1024 px).
@@ -361,7 +374,8 @@ def infer(
         weights: backbone weights path overriding the one stored in the checkpoint.
         file_bands, scale: band names of inputs that do not name their bands, and a factor applied to values.
         blend: ``ramp`` (seamless, default) or ``mean`` overlap blending.
-        merge: fold LoRA/DoRA into the backbone weights first (faster; same predictions).
+        merge: fold LoRA/DoRA into the backbone weights and inference-mode batch norms into their convolutions
+            first (:mod:`vadapt.inference.fuse`; faster, same predictions within float rounding).
     """
     from tqdm.auto import tqdm
 
@@ -385,8 +399,10 @@ def infer(
         else:
             todo.append(job)
 
-    predictor = Predictor(load_task(checkpoint, weights), device, merge, precision)
-    batch_size = batch_size or (1 if predictor.device.type == "cpu" else 8)
+    predictor = Predictor(load_task(checkpoint, weights), device, merge, precision, fold_norms=merge)
+    on_cpu = predictor.device.type == "cpu"
+    batch_size = batch_size or (1 if on_cpu else 8)
+    model_threads = model_threads or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
     task = predictor.task
     reader = BandReader(predictor.bands, file_bands, scale)
     stream = TileStream(todo, reader, task.input_mean.flatten().tolist(), tile, tile - overlap)
@@ -398,6 +414,7 @@ def infer(
                desc=f"vadapt infer{f' [{shard_index + 1}/{num_shards}]' if num_shards > 1 else ''}")
     open_jobs: dict[int, OpenJob] = {}
     pending: list[tuple] = []
+    in_flight: deque[tuple[list[tuple], Future]] = deque()
 
     def fail(index: int, reason: str) -> None:
         state = open_jobs.pop(index, None)
@@ -424,14 +441,31 @@ def infer(
                                                     f"({MASK_NODATA})"))
         bar.update()
 
-    def run_batch() -> None:
-        batch, pending[:] = list(pending), []
-        by_shape: dict[tuple[int, ...], list[tuple]] = {}
+    def predict_groups(batch: list[tuple]) -> list[tuple[list[tuple], torch.Tensor]]:
+        """Runs in a model thread: the batch's tiles grouped by size, each group through the model."""
+        groups: dict[tuple[int, ...], list[tuple]] = {}
         for item in batch:
-            by_shape.setdefault(tuple(item[3].shape), []).append(item)
+            groups.setdefault(tuple(item[3].shape), []).append(item)
+        return [(items, predictor(torch.stack([item[3] for item in items]))) for items in groups.values()]
+
+    def launch() -> None:
+        batch, pending[:] = list(pending), []
+        in_flight.append((batch, pool.submit(predict_groups, batch)))
+        if len(in_flight) > model_threads:
+            collect()
+
+    def collect() -> None:
+        """Blend and write the oldest batch in flight (oldest first: each image's tiles stay in row order)."""
+        batch, future = in_flight.popleft()
+        try:
+            groups = future.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. a tile the model cannot take: fail its images only
+            for index in sorted({item[1] for item in batch}):
+                if index in open_jobs:
+                    fail(index, f"the model failed on it: {exc}")
+            return
         touched = set()
-        for items in by_shape.values():
-            probs = predictor(torch.stack([item[3] for item in items]))
+        for items, probs in groups:
             report.tiles += len(items)
             for item, p in zip(items, probs):
                 _, index, window, image, invalid = item
@@ -449,26 +483,34 @@ def infer(
             if index in open_jobs:
                 finish(index)
 
-    for item in loader:
-        kind, index = item[0], item[1]
-        if kind == "start":
-            try:
-                open_jobs[index] = OpenJob(todo[index], item[2], tile, tile - overlap, blend,
-                                           predictor.num_classes, predictor.bands)
-            except Exception as exc:  # noqa: BLE001
-                fail(index, f"cannot create its output: {exc}")
-        elif kind == "tile":
-            if index in open_jobs:
-                pending.append(item)
-                if len(pending) >= batch_size:
-                    run_batch()
-        elif kind == "error":
-            fail(index, item[2])
-        elif kind == "end" and index in open_jobs:
-            open_jobs[index].ended = True
-            finish(index)
-    if pending:
-        run_batch()
+    intra_op = torch.get_num_threads()
+    torch.set_num_threads(max(1, intra_op // model_threads))
+    try:
+        with ThreadPoolExecutor(model_threads, thread_name_prefix="vadapt-model") as pool:
+            for item in loader:
+                kind, index = item[0], item[1]
+                if kind == "start":
+                    try:
+                        open_jobs[index] = OpenJob(todo[index], item[2], tile, tile - overlap, blend,
+                                                   predictor.num_classes, predictor.bands)
+                    except Exception as exc:  # noqa: BLE001
+                        fail(index, f"cannot create its output: {exc}")
+                elif kind == "tile":
+                    if index in open_jobs:
+                        pending.append(item)
+                        if len(pending) >= batch_size:
+                            launch()
+                elif kind == "error":
+                    fail(index, item[2])
+                elif kind == "end" and index in open_jobs:
+                    open_jobs[index].ended = True
+                    finish(index)
+            if pending:
+                launch()
+            while in_flight:
+                collect()
+    finally:
+        torch.set_num_threads(intra_op)
     bar.close()
     report.seconds = time.perf_counter() - started
     write_report(report, output, num_shards, shard_index)
