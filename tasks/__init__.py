@@ -1,8 +1,9 @@
 """Lightning tasks: a frozen backbone, an adapter and a head on one :class:`BaseTask`."""
 
 from .base import BaseTask
+from .change_detection import ChangeDetectionTask
 from .segmentation import SemanticSegmentationTask
 
-TASKS = ["vadapt.tasks.SemanticSegmentationTask"]
+TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask"]
 
-__all__ = ["TASKS", "BaseTask", "SemanticSegmentationTask"]
+__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "SemanticSegmentationTask"]
