@@ -63,16 +63,19 @@ class InferReport:
     warnings: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     tiles: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run
+    load_seconds: float = 0.0  # of which loading the model
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def summary(self) -> str:
-        rate = self.tiles / self.seconds if self.seconds else 0.0
+        predicting = self.seconds - self.load_seconds
+        rate = self.tiles / predicting if predicting > 0 else 0.0
         text = (f"done {len(self.done)}, skipped {len(self.skipped)} (already complete), failed {len(self.failed)}"
-                f" — {self.tiles} tiles in {self.seconds:.1f} s ({rate:.1f} tiles/s)")
+                f" — {self.tiles} tiles in {self.seconds:.1f} s ({rate:.1f} tiles/s after {self.load_seconds:.1f} s"
+                " loading the model)")
         if self.ignored:
             text += f"; ignored {len(self.ignored)} files without an image suffix"
         return text
@@ -400,6 +403,7 @@ def infer(
             todo.append(job)
 
     predictor = Predictor(load_task(checkpoint, weights), device, merge, precision, fold_norms=merge)
+    report.load_seconds = time.perf_counter() - started
     on_cpu = predictor.device.type == "cpu"
     batch_size = batch_size or (1 if on_cpu else 8)
     model_threads = model_threads or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
@@ -477,7 +481,7 @@ def infer(
                     fail(index, f"cannot write its output: {exc}")
                     continue
                 touched.add(index)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started - report.load_seconds
         bar.set_postfix(tiles_per_s=f"{report.tiles / max(elapsed, 1e-9):.1f}", refresh=False)
         for index in touched:
             if index in open_jobs:
@@ -532,7 +536,7 @@ def write_report(report: InferReport, output: Path, num_shards: int = 1, shard_i
     os.replace(tmp, csv_path)
     summary = {
         "done": report.done, "skipped": report.skipped, "ignored": report.ignored, "tiles": report.tiles,
-        "seconds": round(report.seconds, 3),
+        "seconds": round(report.seconds, 3), "load_seconds": round(report.load_seconds, 3),
         "failed": [{"input": n, "reason": r} for n, r in report.failed],
         "warnings": [{"input": n, "reason": r} for n, r in report.warnings],
     }
