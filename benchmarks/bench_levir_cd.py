@@ -14,7 +14,7 @@ default ``a,b,c,z``):
   the PeftCD recipe on a real pretrained backbone;
 * ``b``  the same from random init (``weights=None``), frozen + LoRA: what pretraining buys;
 * ``c``  random-init DINOv2 ViT-S/14 (``vit_small_patch14_dinov2``, the PeftCD ViT family at a CPU size),
-  frozen + LoRA r=8, alpha 32, dropout 0.1 on ``qkv``, ``depth_fusion`` decoder: the ViT path learns;
+  frozen + LoRA r=8, alpha 32, dropout 0.1 on ``qkv``, ``depth_fusion`` decoder: does the ViT path learn?
 * ``z``  no model: the all-zeros "no change" prediction, for reference (precision / recall / F1 / IoU 0).
 
 Same budget and seed for every trained run: ``--steps`` (300) AdamW steps of ``--batch`` (4) pairs,
@@ -32,8 +32,8 @@ back to the CPU where that fails (SAM 2: Hiera's constructor calls ``.item()``).
 **What the numbers mean.** 4 training pairs, 300 CPU steps, 7 test pairs: the rows show that the pipeline
 learns (compare each with the all-zeros row), nothing about paper accuracy; random-init encoders (b, c) get
 only a little past "no change" at this budget (IoU 0.03 in one run on a shared 2-core CPU, 12 min wall;
-run a: IoU 0.28). The paper reports IoU 85.62 (%) on the full LEVIR-CD
-with the real SAM 2 (and 85.32 with DINOv3) weights, which cannot be downloaded here.
+run a: IoU 0.28). The paper reports IoU 85.62 (%) on the full LEVIR-CD with real foundation-model weights
+(SAM 2 / DINOv3), which cannot be downloaded here.
 
 Data: research use only, read in place from ``../shared/data/levir_cd`` and never copied. Outputs (adapter
 checkpoints) go to a temporary directory that is deleted at the end.
