@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +246,7 @@ class OpenJob:
         if "overlay" in self.job.extras:
             self._preview(self.preview_mask, top, 0, mask.numpy())
 
-    def commit(self, class_names: Sequence[str] | None = None) -> None:
+    def commit(self) -> None:
         if "overlay" in self.job.extras:
             from PIL import Image
 
@@ -301,6 +301,110 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             logits = self.task(*tiles.chunk(self.inputs, dim=1)) if self.inputs > 1 else self.task(tiles)
         return logits.float().softmax(1).cpu()
+
+
+class FolderRun:
+    """The main-process side of a run: batches the workers' tiles through the model (``model_threads``
+    batches in flight), blends and writes each image, and books every file as done or failed."""
+
+    def __init__(self, predictor: Predictor, todo: Sequence[Job], report: InferReport, bar: Any, batch_size: int,
+                 model_threads: int, open_job: Callable[[Job, dict[str, Any]], OpenJob]) -> None:
+        self.predictor, self.todo, self.report, self.bar = predictor, todo, report, bar
+        self.batch_size, self.model_threads, self.open_job = batch_size, model_threads, open_job
+        self.open_jobs: dict[int, OpenJob] = {}
+        self.pending: list[tuple] = []
+        self.in_flight: deque[tuple[list[tuple], Future]] = deque()
+        self.started = time.perf_counter()
+
+    def consume(self, items: Iterable[tuple]) -> None:
+        """Handle the stream of :class:`TileStream` items to the end."""
+        with ThreadPoolExecutor(self.model_threads, thread_name_prefix="vadapt-model") as self.pool:
+            for item in items:
+                kind, index = item[0], item[1]
+                if kind == "start":
+                    try:
+                        self.open_jobs[index] = self.open_job(self.todo[index], item[2])
+                    except Exception as exc:  # noqa: BLE001
+                        self.fail(index, f"cannot create its output: {exc}")
+                elif kind == "tile" and index in self.open_jobs:
+                    self.pending.append(item)
+                    if len(self.pending) >= self.batch_size:
+                        self.launch()
+                elif kind == "error":
+                    self.fail(index, item[2])
+                elif kind == "end" and index in self.open_jobs:
+                    self.open_jobs[index].ended = True
+                    self.finish(index)
+            if self.pending:
+                self.launch()
+            while self.in_flight:
+                self.collect()
+
+    def fail(self, index: int, reason: str) -> None:
+        state = self.open_jobs.pop(index, None)
+        if state is not None:
+            state.discard()
+        self.pending[:] = [p for p in self.pending if p[1] != index]
+        self.report.failed.append((self.todo[index].name, reason))
+        self.bar.write(f"failed: {self.todo[index].name}: {reason}")
+        self.bar.update()
+
+    def finish(self, index: int) -> None:
+        state = self.open_jobs[index]
+        if not state.complete:
+            return
+        try:
+            state.commit()
+        except Exception as exc:  # noqa: BLE001 - e.g. disk full: report the file, keep going
+            self.fail(index, f"cannot write its output: {exc}")
+            return
+        self.open_jobs.pop(index)
+        self.report.done.append(state.job.name)
+        if state.invalid_pixels and not state.meta["declares_nodata"]:  # no nodata value: the pixels were NaN
+            self.report.warnings.append(
+                (state.job.name, f"{state.invalid_pixels} NaN pixels written as nodata ({MASK_NODATA})"))
+        self.bar.update()
+
+    def predict_groups(self, batch: list[tuple]) -> list[tuple[list[tuple], torch.Tensor]]:
+        """Runs in a model thread: the batch's tiles grouped by size, each group through the model."""
+        groups: dict[tuple[int, ...], list[tuple]] = {}
+        for item in batch:
+            groups.setdefault(tuple(item[3].shape), []).append(item)
+        return [(items, self.predictor(torch.stack([item[3] for item in items]))) for items in groups.values()]
+
+    def launch(self) -> None:
+        batch, self.pending = self.pending, []
+        self.in_flight.append((batch, self.pool.submit(self.predict_groups, batch)))
+        if len(self.in_flight) > self.model_threads:
+            self.collect()
+
+    def collect(self) -> None:
+        """Blend and write the oldest batch in flight (oldest first: each image's tiles stay in row order)."""
+        batch, future = self.in_flight.popleft()
+        try:
+            groups = future.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. a tile the model cannot take: fail its images only
+            for index in sorted({item[1] for item in batch}):
+                if index in self.open_jobs:
+                    self.fail(index, f"the model failed on it: {exc}")
+            return
+        touched = set()
+        for items, probs in groups:
+            self.report.tiles += len(items)
+            for (_, index, window, image, invalid), p in zip(items, probs):
+                if index not in self.open_jobs:
+                    continue
+                try:
+                    self.open_jobs[index].add(window, torch.cat([p, invalid[None].float()]), image)
+                except Exception as exc:  # noqa: BLE001
+                    self.fail(index, f"cannot write its output: {exc}")
+                    continue
+                touched.add(index)
+        elapsed = time.perf_counter() - self.started
+        self.bar.set_postfix(tiles_per_s=f"{self.report.tiles / max(elapsed, 1e-9):.1f}", refresh=False)
+        for index in touched:
+            if index in self.open_jobs:
+                self.finish(index)
 
 
 def find_jobs(output: Path, input: str | None, input_a: str | None, input_b: str | None, fmt: str,
@@ -407,112 +511,20 @@ def infer(
     on_cpu = predictor.device.type == "cpu"
     batch_size = batch_size or (1 if on_cpu else 8)
     model_threads = model_threads or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
-    task = predictor.task
     reader = BandReader(predictor.bands, file_bands, scale)
-    stream = TileStream(todo, reader, task.input_mean.flatten().tolist(), tile, tile - overlap)
+    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, tile - overlap)
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,
                         prefetch_factor=2 * batch_size if num_workers else None)
-    class_names = task.hparams.get("class_names")
     bar = tqdm(total=len(todo), unit="file", disable=not progress, dynamic_ncols=True,
                desc=f"vadapt infer{f' [{shard_index + 1}/{num_shards}]' if num_shards > 1 else ''}")
-    open_jobs: dict[int, OpenJob] = {}
-    pending: list[tuple] = []
-    in_flight: deque[tuple[list[tuple], Future]] = deque()
-
-    def fail(index: int, reason: str) -> None:
-        state = open_jobs.pop(index, None)
-        if state is not None:
-            state.discard()
-        pending[:] = [p for p in pending if p[1] != index]
-        report.failed.append((todo[index].name, reason))
-        bar.write(f"failed: {todo[index].name}: {reason}")
-        bar.update()
-
-    def finish(index: int) -> None:
-        state = open_jobs[index]
-        if not state.complete:
-            return
-        try:
-            state.commit(class_names)
-        except Exception as exc:  # noqa: BLE001 - e.g. disk full: report the file, keep going
-            fail(index, f"cannot write its output: {exc}")
-            return
-        open_jobs.pop(index)
-        report.done.append(state.job.name)
-        if state.invalid_pixels and not state.meta["declares_nodata"]:  # no nodata value: the pixels were NaN
-            report.warnings.append((state.job.name, f"{state.invalid_pixels} NaN pixels written as nodata "
-                                                    f"({MASK_NODATA})"))
-        bar.update()
-
-    def predict_groups(batch: list[tuple]) -> list[tuple[list[tuple], torch.Tensor]]:
-        """Runs in a model thread: the batch's tiles grouped by size, each group through the model."""
-        groups: dict[tuple[int, ...], list[tuple]] = {}
-        for item in batch:
-            groups.setdefault(tuple(item[3].shape), []).append(item)
-        return [(items, predictor(torch.stack([item[3] for item in items]))) for items in groups.values()]
-
-    def launch() -> None:
-        batch, pending[:] = list(pending), []
-        in_flight.append((batch, pool.submit(predict_groups, batch)))
-        if len(in_flight) > model_threads:
-            collect()
-
-    def collect() -> None:
-        """Blend and write the oldest batch in flight (oldest first: each image's tiles stay in row order)."""
-        batch, future = in_flight.popleft()
-        try:
-            groups = future.result()
-        except Exception as exc:  # noqa: BLE001 - e.g. a tile the model cannot take: fail its images only
-            for index in sorted({item[1] for item in batch}):
-                if index in open_jobs:
-                    fail(index, f"the model failed on it: {exc}")
-            return
-        touched = set()
-        for items, probs in groups:
-            report.tiles += len(items)
-            for item, p in zip(items, probs):
-                _, index, window, image, invalid = item
-                if index not in open_jobs:
-                    continue
-                try:
-                    open_jobs[index].add(window, torch.cat([p, invalid[None].float()]), image)
-                except Exception as exc:  # noqa: BLE001
-                    fail(index, f"cannot write its output: {exc}")
-                    continue
-                touched.add(index)
-        elapsed = time.perf_counter() - started - report.load_seconds
-        bar.set_postfix(tiles_per_s=f"{report.tiles / max(elapsed, 1e-9):.1f}", refresh=False)
-        for index in touched:
-            if index in open_jobs:
-                finish(index)
-
+    run = FolderRun(predictor, todo, report, bar, batch_size, model_threads,
+                    lambda job, meta: OpenJob(job, meta, tile, tile - overlap, blend, predictor.num_classes,
+                                              predictor.bands))
     intra_op = torch.get_num_threads()
     torch.set_num_threads(max(1, intra_op // model_threads))
     try:
-        with ThreadPoolExecutor(model_threads, thread_name_prefix="vadapt-model") as pool:
-            for item in loader:
-                kind, index = item[0], item[1]
-                if kind == "start":
-                    try:
-                        open_jobs[index] = OpenJob(todo[index], item[2], tile, tile - overlap, blend,
-                                                   predictor.num_classes, predictor.bands)
-                    except Exception as exc:  # noqa: BLE001
-                        fail(index, f"cannot create its output: {exc}")
-                elif kind == "tile":
-                    if index in open_jobs:
-                        pending.append(item)
-                        if len(pending) >= batch_size:
-                            launch()
-                elif kind == "error":
-                    fail(index, item[2])
-                elif kind == "end" and index in open_jobs:
-                    open_jobs[index].ended = True
-                    finish(index)
-            if pending:
-                launch()
-            while in_flight:
-                collect()
+        run.consume(loader)
     finally:
         torch.set_num_threads(intra_op)
     bar.close()
