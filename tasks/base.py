@@ -10,6 +10,7 @@ Lightning checkpoints, and writes an adapter checkpoint (:mod:`vadapt.checkpoint
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -112,6 +113,52 @@ class BaseTask(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- steps: subclasses implement _shared_step(batch, stage), _log_scores(stage), preview_picture(rows) ----
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _log_scores(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def preview_picture(self, rows: list[tuple]):
+        """A PIL image of the validation rows collected in ``self._preview`` (one per sample)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_scores("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+        self._save_preview()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _save_preview(self) -> None:
+        """Write ``preview_picture`` of this epoch's rows to ``<log_dir>/predictions/epoch_NNN.png``."""
+        rows, self._preview = getattr(self, "_preview", []), []
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking:
+            return
+        # trainer.log_dir is a collective (broadcast) under DDP: every rank must ask, then only rank 0 writes
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+        if not rows or not trainer.is_global_zero:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"epoch_{self.current_epoch:03d}.png"
+        tmp = folder / f".{path.name}.tmp.png"
+        self.preview_picture(rows).save(tmp)
+        tmp.replace(path)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

@@ -126,43 +126,10 @@ class SemanticSegmentationTask(BaseTask):
         self.log_dict(values)  # already global: torchmetrics syncs the counts across processes
         self.log(f"{stage}/miou", float(scores["miou"]), prog_bar=stage != "train")
 
-    def on_train_epoch_end(self) -> None:
-        self._log_scores("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-        self._save_preview()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
-
-    def _save_preview(self) -> None:
-        rows, self._preview = self._preview, []
-        trainer = self._trainer
-        if trainer is None or trainer.sanity_checking:
-            return
-        from pathlib import Path
-
+    def preview_picture(self, rows: list[tuple]):
         from vadapt.visualize import prediction_panel
 
-        # trainer.log_dir is a collective (broadcast) under DDP: every rank must ask, then only rank 0 writes
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
-        if not rows or not trainer.is_global_zero:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        panel = prediction_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
-        path = folder / f"epoch_{self.current_epoch:03d}.png"
-        panel.save(folder / f".{path.name}.tmp.png")
-        (folder / f".{path.name}.tmp.png").replace(path)
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        return prediction_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).argmax(1)
