@@ -12,6 +12,7 @@ from vadapt.adapters import (
     CloudAdapterConfig,
     EarthAdapterConfig,
     LoraConfig,
+    SaltConfig,
     VPTConfig,
     apply_adapter,
     can_merge,
@@ -47,6 +48,9 @@ CASES = {
         context_dim=8, context_depth=2, num_heads=2, head_dim=8, norm_groups=4, rank=4)),
     "cloud_adapter-sam2": ("sam2_test", lambda: CloudAdapterConfig(
         context_dim=8, context_depth=2, num_heads=2, head_dim=8, norm_groups=4, rank=None)),
+    "salt-dinov2": ("dinov2_test", lambda: SaltConfig(r=4, lora_r=2)),
+    "salt-sam": ("sam_test", lambda: SaltConfig(
+        r=8, lora_r=4, target_modules=["attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2"])),
 }
 CASES = {k: v for k, v in CASES.items() if v[0] in BACKBONES}
 IDS = list(CASES)

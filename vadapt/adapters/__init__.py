@@ -14,6 +14,7 @@ from .bottleneck import BottleneckConfig  # each method's package registers itse
 from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
 from .lora import LoraConfig
+from .salt import SaltConfig
 from .vpt import VPTConfig
 
 if TYPE_CHECKING:
@@ -51,6 +52,6 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
-    "LoraConfig", "VPTConfig",
+    "LoraConfig", "SaltConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]
