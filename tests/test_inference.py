@@ -211,6 +211,15 @@ def test_formats_and_merged_equals_unmerged(tmp_path, checkpoint, fmt):
     assert (masks[True] == masks[False]).mean() > 0.999
 
 
+def test_glob_input_mirrors_paths_below_the_pattern(tmp_path, checkpoint):
+    for name in ("x/a.tif", "x/sub/b.tif"):
+        write_geotiff(tmp_path / name, random_image(32, 32, 0))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x" / "not_matched.png")
+    report = infer(checkpoint, tmp_path / "out", input=f"{tmp_path}/x/**/*.tif", progress=False)
+    assert sorted(report.done) == ["a.tif", "sub/b.tif"]
+    assert (tmp_path / "out" / "sub" / "b.tif").is_file()
+
+
 def test_multiband_npy_uses_file_bands_and_scale(tmp_path, checkpoint):
     image = random_image(40, 50, 3)
     stored = np.concatenate([image[::-1], np.zeros((1, 40, 50), np.float32)]) * 100  # blue, green, red, nir

@@ -42,6 +42,7 @@ from .files import (
     make_jobs,
     pair_inputs,
     remove_temporaries,
+    temporary,
 )
 from .fuse import fold_batch_norms
 from .tiling import Blend, RowBlender, tile_grid
@@ -253,7 +254,7 @@ class OpenJob:
             picture = overlay(rgb_composite(self.preview_image, self.bands), self.preview_mask, 0.5,
                               ignore_index=MASK_NODATA)
             path = self.job.extras["overlay"]
-            tmp = path.with_name(f".{path.name}.vadapt-partial.png")
+            tmp = temporary(path)
             Image.fromarray(picture).save(tmp)
             os.replace(tmp, path)
         for key in ("probabilities", "mask"):  # the mask last: its name marks the job complete

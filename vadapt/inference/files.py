@@ -52,7 +52,8 @@ def list_inputs(source: str | os.PathLike) -> tuple[Path, list[Path], list[Path]
     suffix (reported, not failed); hidden files and our temporaries are skipped."""
     text = str(source)
     if is_glob(text):
-        root = Path(text[: min(i for i, c in enumerate(text) if c in "*?[")]).parent if "/" in text else Path(".")
+        prefix = text[: min(i for i, c in enumerate(text) if c in "*?[")]  # the folder part before the pattern
+        root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
         found = [Path(p) for p in globlib.glob(text, recursive=True)]
     elif Path(text).is_dir():
         root = Path(text)
