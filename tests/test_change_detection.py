@@ -265,6 +265,18 @@ def test_splits_from_patterns_list_files_and_split_folders(tmp_path):
         ChangeDetectionDataModule(str(flat)).setup("fit")
 
 
+def test_band_statistics_cover_both_dates_of_the_training_pairs(tmp_path):
+    from vadapt.data.stats import compute_band_stats
+
+    root = make_pairs(tmp_path / "cd", ["train_0.png", "train_1.png", "val_0.png"], size=16)
+    data = ChangeDetectionDataModule(str(root), train_images="train_*.png", scale=1 / 255)
+    stats = compute_band_stats(data)
+    pixels = [np.asarray(Image.open(root / d / f"train_{i}.png"), dtype=np.float64) / 255
+              for d in "AB" for i in range(2)]
+    assert stats.pixels == 4 * 16 * 16
+    assert np.allclose(stats.mean, np.mean(pixels, axis=(0, 1, 2)), atol=1e-6)
+
+
 @pytest.mark.skipif(not LEVIR.is_dir(), reason=f"LEVIR-CD sample not found at {LEVIR} (research-only data)")
 def test_levir_cd_sample_reads_as_pairs_of_0_1_labels():
     data = ChangeDetectionDataModule(str(LEVIR), train_images="train_*.png", val_images="val_*.png",

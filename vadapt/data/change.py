@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +239,17 @@ class ChangeDetectionDataModule(L.LightningDataModule):
                 raise DataError(f"no files match {split}_images={pattern!r} in {folder_a}")
             names.update(found)
         return sorted(names)
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.reader.bands.bands
+
+    def iter_stat_pixels(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(image (H, W, C), valid (H, W))`` of both dates of every training pair, for ``vadapt stats``."""
+        for pair in self.find_pairs("train"):
+            for info, indexes in ((pair.a, pair.indexes_a), (pair.b, pair.indexes_b)):
+                image, invalid = self.reader.bands.read(info, indexes)
+                yield image, ~invalid
 
     def find_pairs(self, split: str) -> list[ChangePair]:
         hp = self.hparams
