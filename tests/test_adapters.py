@@ -12,6 +12,7 @@ from vadapt.adapters import (
     CloudAdapterConfig,
     EarthAdapterConfig,
     LoraConfig,
+    QVDoraConfig,
     SaltConfig,
     VPTConfig,
     apply_adapter,
@@ -51,6 +52,8 @@ CASES = {
     "salt-dinov2": ("dinov2_test", lambda: SaltConfig(r=4, lora_r=2)),
     "salt-sam": ("sam_test", lambda: SaltConfig(
         r=8, lora_r=4, target_modules=["attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2"])),
+    "qv_dora-sam": ("sam_test", lambda: QVDoraConfig()),
+    "qv_dora-sam2": ("sam2_test", lambda: QVDoraConfig(r=2)),
 }
 CASES = {k: v for k, v in CASES.items() if v[0] in BACKBONES}
 IDS = list(CASES)

@@ -14,6 +14,7 @@ from .bottleneck import BottleneckConfig  # each method's package registers itse
 from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
 from .lora import LoraConfig
+from .qv_dora import QVDoraConfig
 from .salt import SaltConfig
 from .vpt import VPTConfig
 
@@ -52,6 +53,6 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
-    "LoraConfig", "SaltConfig", "VPTConfig",
+    "LoraConfig", "QVDoraConfig", "SaltConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]
