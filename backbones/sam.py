@@ -162,3 +162,35 @@ register_backbone(
     description="tiny SAM-architecture image encoder for tests",
     embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, out_chans=32, img_size=64,
 )
+
+
+def build_sam_prompt_decoder(backbone: SamBackbone, weights: str | None = None) -> tuple[nn.Module, nn.Module]:
+    """SAM's ``PromptEncoder`` and ``MaskDecoder`` sized for ``backbone`` (as ``segment_anything/build_sam.py``).
+
+    ``weights`` is ``None`` (random init), ``"pretrained"`` or a path to a full SAM checkpoint; its
+    ``prompt_encoder.*`` and ``mask_decoder.*`` keys are loaded strictly (missing keys are an error: a file
+    holding only the image encoder cannot give the decoder).
+    """
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    from vadapt.weights import load_strict, read_state_dict, resolve_weights
+
+    from .base import BACKBONES
+
+    dim = backbone.out_channels[-1]
+    grid = backbone.img_size // backbone.patch_size
+    prompt_encoder = PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
+                                   input_image_size=(backbone.img_size, backbone.img_size), mask_in_chans=16)
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=8 * dim, num_heads=8),
+        transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=dim,
+    )  # official SAM: dim 256, mlp_dim 2048, iou_head_hidden_dim 256
+    entry = BACKBONES.get(backbone.name) if backbone.name else None
+    path = resolve_weights(weights, entry.weights if entry else None, backbone.name or "sam")
+    if path is not None:
+        state = unwrap_state_dict(read_state_dict(str(path)))
+        for prefix, module in (("prompt_encoder.", prompt_encoder), ("mask_decoder.", mask_decoder)):
+            part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            load_strict(module, part, source=f"{path} ({prefix}*)")
+    return prompt_encoder, mask_decoder

@@ -2,8 +2,11 @@
 
 from .base import BaseTask
 from .change_detection import ChangeDetectionTask
+from .promptable import EmbeddingCache, PromptableSegmentationTask
 from .segmentation import SemanticSegmentationTask
 
-TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask"]
+TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask",
+         "vadapt.tasks.PromptableSegmentationTask"]
 
-__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "SemanticSegmentationTask"]
+__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PromptableSegmentationTask",
+           "SemanticSegmentationTask"]

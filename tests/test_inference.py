@@ -445,3 +445,14 @@ def test_folding_is_undone_where_another_module_reads_the_convolution():
     before = model(x).detach()
     assert fold_batch_norms(model, x) == 0
     assert isinstance(model.bn, nn.BatchNorm2d) and torch.equal(model(x).detach(), before)
+
+
+def test_a_promptable_checkpoint_is_refused_with_a_reason(tmp_path, capsys):
+    from vadapt.tasks import PromptableSegmentationTask
+
+    ckpt = save_adapter(PromptableSegmentationTask(backbone="sam_test", mean=[0.5] * 3, std=[0.25] * 3),
+                        tmp_path / "sam.safetensors")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main(["infer", "--checkpoint", str(ckpt), "--input", str(tmp_path / "x.png"), "--output",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    assert "need point / box prompts" in capsys.readouterr().err

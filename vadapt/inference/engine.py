@@ -275,6 +275,9 @@ class Predictor:
                  fold_norms: bool = True) -> None:
         from vadapt.adapters import can_merge, merge_adapter
 
+        if getattr(task, "needs_prompts", False):
+            raise ValueError(f"{type(task).__name__} checkpoints need point / box prompts per image; vadapt infer "
+                             "runs segmentation and change-detection checkpoints (use the app or Python for prompts)")
         self.merged, self.folded = False, 0
         if merge and task.adapter_config is not None and can_merge(task.adapter_config):
             merge_adapter(task.backbone, task.adapter_config)

@@ -1,0 +1,192 @@
+"""PromptableSegmentationTask (SAM v1): prompts, what trains, the embedding cache, adapter checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vadapt.adapters import QVDoraConfig
+from vadapt.checkpoint import load_task, save_adapter
+from vadapt.tasks import EmbeddingCache, PromptableSegmentationTask
+
+SIZE = 64  # sam_test's img_size
+STATS = {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def make_task(**kwargs) -> PromptableSegmentationTask:
+    torch.manual_seed(0)
+    args = {"backbone": "sam_test", "adapter": QVDoraConfig(r=4), **STATS, **kwargs}
+    return PromptableSegmentationTask(**args)
+
+
+def square_batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A bright square on noise per image; the square is class 1."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, SIZE, SIZE, generator=g) * 0.3
+    mask = torch.zeros(n, SIZE, SIZE, dtype=torch.long)
+    for i in range(n):
+        y, x = torch.randint(4, 36, (2,), generator=g).tolist()
+        image[i, :, y : y + 20, x : x + 20] += 0.7
+        mask[i, y : y + 20, x : x + 20] = 1
+    mask[:, :2] = 255  # some ignored pixels
+    return {"image": image, "mask": mask}
+
+
+@pytest.fixture(scope="module")
+def task() -> PromptableSegmentationTask:
+    return make_task().eval()
+
+
+@pytest.mark.parametrize("prompt", ["points", "boxes", "both"])
+def test_shapes(task, prompt):
+    image = torch.rand(2, 3, 48, 56)
+    points = torch.tensor([[[10.0, 12.0], [30.0, 20.0]], [[5.0, 5.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1, 0], [1, -1]])
+    boxes = torch.tensor([[4.0, 4.0, 30.0, 40.0], [10.0, 10.0, 20.0, 20.0]])
+    kwargs = {"points": {"point_coords": points, "point_labels": labels}, "boxes": {"boxes": boxes},
+              "both": {"point_coords": points, "point_labels": labels, "boxes": boxes}}[prompt]
+    with torch.no_grad():
+        logits, iou = task(image, **kwargs)
+    assert logits.shape == (2, 1, 48, 56) and iou.shape == (2, 1)
+    assert task.image_embeddings(image).shape == (2, 32, SIZE // 16, SIZE // 16)
+
+
+def test_multimask_output_gives_three_masks():
+    task = make_task(multimask_output=True).eval()
+    with torch.no_grad():
+        logits, iou = task(torch.rand(1, 3, SIZE, SIZE), boxes=torch.tensor([[4.0, 4.0, 30.0, 40.0]]))
+    assert logits.shape == (1, 3, SIZE, SIZE) and iou.shape == (1, 3)
+
+
+def test_bad_prompts_are_named(task):
+    image = torch.rand(2, 3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="point_coords must be"):
+        task(image, torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="point_labels must be"):
+        task(image, torch.zeros(2, 3, 2), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="give both or neither"):
+        task(image, torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match="boxes must be"):
+        task(image, boxes=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="needs a prompt"):
+        task(image)
+    with pytest.raises(ValueError, match="sample 1 has no prompt"):
+        task(image, torch.zeros(2, 1, 2), torch.tensor([[1], [-1]]))
+    with pytest.raises(ValueError, match="larger than the encoder"):
+        task(torch.rand(1, 3, SIZE + 16, SIZE), boxes=torch.zeros(1, 4))
+
+
+def test_non_sam_backbone_and_bad_options_are_refused():
+    with pytest.raises(ValueError, match="needs a SAM backbone"):
+        PromptableSegmentationTask(backbone="efficientnet_lite0_test", **STATS)
+    with pytest.raises(ValueError, match="mask_decoder must be"):
+        make_task(mask_decoder="adapter")
+    with pytest.raises(ValueError, match="decoder_lora_r"):
+        make_task(decoder_lora_r=0)
+
+
+def trainable(task: PromptableSegmentationTask) -> set[str]:
+    return {n.split(".")[0] for n, p in task.named_parameters() if p.requires_grad}
+
+
+def test_what_trains_is_configured():
+    assert trainable(make_task()) == {"backbone", "mask_decoder"}
+    assert trainable(make_task(adapter=None, prompt_encoder="train", mask_decoder="frozen")) == {"prompt_encoder"}
+    lora = make_task(adapter=None, mask_decoder="lora", decoder_lora_r=2)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("mask_decoder.") and "lora_" in n for n in names)
+    adapted = make_task()
+    adapter = [n for n, p in adapted.backbone.named_parameters() if p.requires_grad]
+    assert adapter and all(".adapter." in n for n in adapter)
+
+
+def test_training_moves_only_adapter_and_decoder_and_loss_falls():
+    task = make_task(box_probability=0.5, lr=3e-3)
+    frozen = {n: p.detach().clone() for n, p in task.named_parameters() if not p.requires_grad}
+    before_trainable = {n: p.detach().clone() for n, p in task.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
+    batch = square_batch(2)
+    task.train()
+    losses = []
+    for _ in range(25):
+        loss = task._shared_step(batch, "train")
+        optimizer.zero_grad()
+        loss.backward()
+        for n, p in task.named_parameters():
+            assert (p.grad is not None) <= p.requires_grad, n
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    for n, p in task.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), f"frozen {n} changed"
+    assert any(not torch.equal(p, before_trainable[n]) for n, p in task.named_parameters()
+               if n.startswith("backbone.") and p.requires_grad)
+    assert not any(p.requires_grad for p in task.prompt_encoder.parameters())
+    task._log_scores("train")  # metrics accumulated and computed
+
+
+def test_validation_step_and_preview(tmp_path):
+    task = make_task().eval()
+    with torch.no_grad():
+        task._shared_step(square_batch(2), "val")
+    assert len(task._preview) == 2
+    picture = task.preview_picture(task._preview)
+    assert picture.size == (3 * SIZE + 8, 2 * SIZE + 4)
+
+
+def test_embedding_cache_runs_the_encoder_once(task):
+    calls = []
+    handle = task.backbone.register_forward_hook(lambda *_: calls.append(1))
+    task.cache.clear()
+    image = square_batch(1)["image"][0]
+    first = torch.tensor([[20.0, 20.0]]), torch.tensor([1])
+    second = torch.tensor([[40.0, 40.0], [5.0, 5.0]]), torch.tensor([1, 0])
+    try:
+        a, _ = task.predict_with_prompts(image, *first)
+        b, _ = task.predict_with_prompts(image, *second)
+        task.predict_with_prompts(image, boxes=torch.tensor([4.0, 4.0, 30.0, 30.0]))
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        ref_a, _ = task(image[None], first[0][None], first[1][None])
+        ref_b, _ = task(image[None], second[0][None], second[1][None])
+    torch.testing.assert_close(a, ref_a)
+    torch.testing.assert_close(b, ref_b)
+
+
+def test_embedding_cache_is_lru():
+    cache = EmbeddingCache(maxsize=2)
+    for key in "abc":
+        cache.put(key, torch.zeros(1))
+    assert len(cache) == 2 and cache.get("a") is None and cache.get("c") is not None
+
+
+def test_adapter_checkpoint_round_trip(tmp_path):
+    # random frozen weights are not in the adapter file: write the tiny SAM's full weights, upstream format
+    source = make_task(adapter=None, mask_decoder="frozen")
+    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
+    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
+    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    weights = tmp_path / "sam_test.pth"
+    torch.save(state, weights)
+    task = make_task(weights=str(weights), mask_decoder="lora").eval()
+    torch.testing.assert_close(task.prompt_encoder.state_dict(), source.prompt_encoder.state_dict())
+    with torch.no_grad():  # a "trained" adapter: random, non-zero adapter weights
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    path = save_adapter(task, tmp_path / "adapter.safetensors")
+    loaded = load_task(path).eval()
+    image, boxes = torch.rand(1, 3, SIZE, SIZE), torch.tensor([[4.0, 4.0, 40.0, 40.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image, boxes=boxes), task(image, boxes=boxes))
+
+
+def test_encoder_only_weights_file_is_refused(tmp_path):
+    source = make_task(adapter=None)
+    weights = tmp_path / "encoder_only.pth"
+    torch.save({f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}, weights)
+    with pytest.raises(Exception, match="missing"):
+        make_task(weights=str(weights))
