@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from vadapt.backbones import Backbone
+
+    from .base import AdapterConfig
 
 
 class AdapterLayer(nn.Module):
@@ -25,3 +32,37 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)
+
+
+def find_linear_targets(backbone: Backbone, config: AdapterConfig, method: str) -> tuple[str, list[str]]:
+    """``(root name, names)`` of the ``nn.Linear`` modules ``config`` targets (default ``backbone.lora_targets``).
+
+    For adapters that rewrite Linear weights (SALT, q/v DoRA): matched modules that are not Linears are skipped
+    with a warning, and it is an error naming what matched when no Linear is left.
+    """
+    import warnings
+
+    from torch import nn
+
+    from .base import default_targets, find_targets
+
+    targets = default_targets(backbone, "lora_targets", config.target_modules)
+    root_name = backbone.name or "backbone"
+    names = find_targets(backbone.model, targets, config.exclude_modules, root_name=root_name)
+    linear = [n for n in names if isinstance(backbone.model.get_submodule(n), nn.Linear)]
+    skipped = [n for n in names if n not in linear]
+    if not linear:
+        raise ValueError(f"{method} adapts nn.Linear modules, but target_modules={targets!r} matched only other "
+                         f"modules of the {root_name}: {skipped[:8]}")
+    if skipped:
+        warnings.warn(f"{method} skips matched modules that are not nn.Linear: {skipped[:8]}", stacklevel=3)
+    return root_name, linear
+
+
+def merge_layers(backbone: Backbone, layer_class: type[AdapterLayer]) -> None:
+    """Replace every ``layer_class`` module by its ``merge()`` (a plain frozen module with the upstream name)."""
+    found = [(name, m) for name, m in backbone.model.named_modules() if isinstance(m, layer_class)]
+    for name, module in found:
+        replace_module(backbone.model, name, module.merge())
+    for p in backbone.parameters():
+        p.requires_grad_(False)

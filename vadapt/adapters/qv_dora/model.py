@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from vadapt.adapters.base import default_targets, find_targets
-from vadapt.adapters.layers import replace_module
+from vadapt.adapters.layers import find_linear_targets, merge_layers, replace_module
 
 from .config import QVDoraConfig
 from .layer import QVDoraLinear
@@ -24,18 +20,7 @@ def inject_qv_dora(backbone: Backbone, config: QVDoraConfig) -> None:
     Matched modules that are not an ``nn.Linear`` are skipped with a warning (an error when none is left); a
     Linear whose ``out_features`` is not divisible by 3 is an error naming the module and its shape.
     """
-    targets = default_targets(backbone, "lora_targets", config.target_modules)
-    root_name = backbone.name or "backbone"
-    names = find_targets(backbone.model, targets, config.exclude_modules, root_name=root_name)
-    linear = [n for n in names if isinstance(backbone.model.get_submodule(n), nn.Linear)]
-    skipped = [n for n in names if n not in linear]
-    if not linear:
-        raise ValueError(
-            f"QV-DoRA adapts fused qkv nn.Linear modules, but target_modules={targets!r} matched only other "
-            f"modules of the {root_name}: {skipped[:8]}"
-        )
-    if skipped:
-        warnings.warn(f"QV-DoRA skips matched modules that are not nn.Linear: {skipped[:8]}", stacklevel=2)
+    root_name, linear = find_linear_targets(backbone, config, "QV-DoRA")
     for name in linear:
         module = backbone.model.get_submodule(name)
         if module.out_features % 3:
@@ -50,8 +35,4 @@ def inject_qv_dora(backbone: Backbone, config: QVDoraConfig) -> None:
 
 def merge_qv_dora(backbone: Backbone) -> None:
     """Fold every :class:`QVDoraLinear` into a plain frozen fused ``nn.Linear`` (upstream names come back)."""
-    wrapped = [(name, m) for name, m in backbone.model.named_modules() if isinstance(m, QVDoraLinear)]
-    for name, module in wrapped:
-        replace_module(backbone.model, name, module.merge())
-    for p in backbone.parameters():
-        p.requires_grad_(False)
+    merge_layers(backbone, QVDoraLinear)
