@@ -7,8 +7,32 @@ part is switched separately: ``prompt_encoder`` frozen or trained, ``mask_decode
 Prompts follow SAM's conventions (see :mod:`vadapt.data.prompts`): points ``(x, y)`` in input pixels with labels
 1 (foreground), 0 (background), -1 (padding); boxes ``(x0, y0, x1, y1)``; a box row of NaN means "no box" for that
 sample. Training draws them from the ground-truth mask with :class:`~vadapt.data.prompts.PromptSampler` (points
-inside / outside, jittered boxes), as SAM-style fine-tuning does. Prompt-free (automatic) segmentation is not part
-of this task: every sample needs a point or a box, and ``forward`` without any prompt raises a ``ValueError``.
+inside / outside, jittered boxes), as SAM-style fine-tuning does. With ``prompting="sampled"`` (default) every
+sample needs a point or a box, and ``forward`` without any prompt raises a ``ValueError``.
+
+``prompting="automatic"``: MapSAM's prompt-free mode (official code ``segment_anything/modeling/sam.py``
+``forward_train``). A trainable coarse-mask head gives logits ``(B, 1, g, g)`` on the embedding grid; from them:
+
+* point prompts: the ``auto_points`` highest-scoring grid cells as positives (label 1) and the ``auto_points``
+  lowest as negatives (label 0), at the cell centres in input pixels (:func:`select_point_prompts`), through
+  SAM's prompt encoder (which appends its padding point, as in MapSAM);
+* the "positional-semantic" prompt: the mean of the detached image embedding over the cells whose coarse
+  probability is > 0.5 (zero vector if none; :func:`masked_mean_embedding`).
+
+The loss adds ``coarse_weight * (focal_weight * focal + dice_weight * dice)`` of the coarse logits (bilinearly
+upsampled to the input) against the mask, as MapSAM. ``forward(image)`` without prompts then segments
+automatically; prompts given explicitly are still decoded as usual. Deviations from the official code:
+
+* the coarse head is ONE 1x1 conv (``C -> 1``) on the final (neck) image embedding; MapSAM averages the logits of
+  four SPGen heads (1x1-conv MLPs ``256-64-16-1`` with LayerNorm/GELU) on the final embedding and on the neck
+  applied to blocks 0, 4 and 8;
+* points are picked on the embedding grid (cell centres, only cells inside the unpadded input); MapSAM picks
+  pixels of the coarse map bilinearly upsampled to the input (its two picks are usually neighbouring pixels);
+* the masked-mean embedding is appended as ONE extra sparse prompt token, which needs no change to SAM's
+  decoder; MapSAM adds it to every query token before each two-way-transformer layer (and to the final
+  token-to-image attention's queries), and skips it when the mask is empty;
+* MapSAM's masked cross-attention (token-to-image attention restricted to the coarse / first-layer mask) is NOT
+  implemented.
 
 Sizes, as SAM: inputs are normalised and padded (bottom/right) to the encoder's ``img_size`` square (1024 for the
 official weights, or the task's ``img_size``), the embedding is ``(B, 256, img_size/16, img_size/16)``, the decoder's
@@ -73,6 +97,53 @@ class EmbeddingCache:
         return len(self._items)
 
 
+def select_point_prompts(coarse_logits: Tensor, k: int, input_size: int,
+                         size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """MapSAM's automatic points: the ``k`` top-scoring grid cells as positives, the ``k`` lowest as negatives.
+
+    Args:
+        coarse_logits: ``(B, 1, h, w)`` coarse mask logits on the embedding grid.
+        k: points per sign.
+        input_size: the padded (square) SAM input's side in pixels; a cell is ``input_size / w`` pixels wide.
+        size: the unpadded input ``(H, W)``: cells whose centre lies outside it are never picked (default: all).
+
+    Returns:
+        coords ``(B, 2k, 2)`` float ``(x, y)`` pixel centres of the cells (positives first, best first; then
+        negatives, lowest first) and labels ``(B, 2k)`` (``k`` ones then ``k`` zeros).
+    """
+    if coarse_logits.ndim != 4 or coarse_logits.shape[1] != 1:
+        raise ValueError(f"coarse_logits must be (B, 1, h, w), got {tuple(coarse_logits.shape)}")
+    batch, _, h, w = coarse_logits.shape
+    cell_y, cell_x = input_size / h, input_size / w
+    ys = (torch.arange(h, device=coarse_logits.device, dtype=torch.float32) + 0.5) * cell_y
+    xs = (torch.arange(w, device=coarse_logits.device, dtype=torch.float32) + 0.5) * cell_x
+    valid = torch.ones(h, w, dtype=torch.bool, device=coarse_logits.device)
+    if size is not None:
+        valid = (ys[:, None] < size[0]) & (xs[None, :] < size[1])
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= int(valid.sum()):
+        raise ValueError(f"auto_points must be an int in [1, {int(valid.sum())}] (grid cells inside the input), "
+                         f"got {k!r}")
+    scores = coarse_logits.detach().float().flatten(1)  # (B, h*w)
+    flat_valid = valid.flatten()[None]
+    top = scores.masked_fill(~flat_valid, float("-inf")).topk(k, dim=1).indices
+    low = scores.masked_fill(~flat_valid, float("inf")).topk(k, dim=1, largest=False).indices
+    index = torch.cat([top, low], dim=1)
+    coords = torch.stack([xs[index % w], ys[index // w]], dim=-1)
+    labels = torch.cat([torch.ones(batch, k), torch.zeros(batch, k)], dim=1).to(coarse_logits.device, torch.long)
+    return coords, labels
+
+
+def masked_mean_embedding(embedding: Tensor, coarse_logits: Tensor) -> Tensor:
+    """MapSAM's positional-semantic prompt: the mean of ``embedding`` ``(B, C, h, w)`` over the cells where
+    ``sigmoid(coarse_logits) > 0.5`` (``(B, 1, h, w)``), both detached -> ``(B, C)``; a zero vector if none."""
+    if coarse_logits.shape[-2:] != embedding.shape[-2:] or coarse_logits.shape[:2] != (len(embedding), 1):
+        raise ValueError(f"coarse_logits {tuple(coarse_logits.shape)} must be (B, 1, h, w) of the embedding "
+                         f"{tuple(embedding.shape)}")
+    mask = (coarse_logits.detach() > 0).to(embedding.dtype)  # sigmoid > 0.5
+    total = (embedding.detach() * mask).sum(dim=(-2, -1))
+    return total / mask.sum(dim=(-2, -1)).clamp(min=1)
+
+
 def _check_prompts(batch: int, point_coords: Tensor | None, point_labels: Tensor | None,
                    boxes: Tensor | None) -> None:
     """Clear errors for prompt shapes that do not fit ``batch`` samples."""
@@ -98,7 +169,10 @@ class PromptableSegmentationTask(BaseTask):
     where unknown). The object to segment is ``mask == foreground_class`` (default: every class > 0).
     """
 
-    needs_prompts = True  # vadapt infer (prompt-free folder jobs) refuses this task with a clear message
+    @property
+    def needs_prompts(self) -> bool:
+        """vadapt infer (prompt-free folder jobs) refuses tasks that need prompts with a clear message."""
+        return self.hparams.get("prompting", "sampled") != "automatic"
 
     def __init__(
         self,
@@ -129,6 +203,9 @@ class PromptableSegmentationTask(BaseTask):
         grad_checkpointing: bool = False,
         preview_images: int = 4,
         cache_size: int = 4,
+        prompting: Literal["sampled", "automatic"] = "sampled",
+        auto_points: int = 2,
+        coarse_weight: float = 1.0,
     ) -> None:
         """
         Args:
@@ -153,8 +230,17 @@ class PromptableSegmentationTask(BaseTask):
             grad_checkpointing: recompute adapted blocks in backward to save memory.
             preview_images: validation images drawn in the per-epoch picture (0 = none).
             cache_size: image embeddings kept by ``predict_with_prompts``.
+            prompting: ``"sampled"`` (prompts drawn from the masks in training, given by the user otherwise) or
+                ``"automatic"`` (MapSAM's prompt-free mode; see module docstring).
+            auto_points: automatic prompting's positive and negative points, each (MapSAM 2).
+            coarse_weight: automatic prompting's weight of the coarse-mask loss (MapSAM 1).
         """
-        for name, value in (("focal_weight", focal_weight), ("dice_weight", dice_weight)):
+        if prompting not in ("sampled", "automatic"):
+            raise ValueError(f"prompting must be 'sampled' or 'automatic', got {prompting!r}")
+        if isinstance(auto_points, bool) or not isinstance(auto_points, int) or auto_points < 1:
+            raise ValueError(f"auto_points must be an int >= 1, got {auto_points!r}")
+        for name, value in (("focal_weight", focal_weight), ("dice_weight", dice_weight),
+                            ("coarse_weight", coarse_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if isinstance(decoder_lora_r, bool) or not isinstance(decoder_lora_r, int) or decoder_lora_r < 1:
@@ -196,6 +282,12 @@ class PromptableSegmentationTask(BaseTask):
         self.sampler = PromptSampler(num_positive=hp["num_positive"], num_negative=hp["num_negative"],
                                      box_probability=hp["box_probability"], box_jitter=hp["box_jitter"])
         self.cache = EmbeddingCache(hp["cache_size"])
+        # automatic prompting's coarse-mask head (one 1x1 conv; MapSAM: four SPGen MLPs, see module docstring)
+        self.coarse_head = nn.Conv2d(self.backbone.out_channels[-1], 1, 1) if self.automatic else None
+
+    @property
+    def automatic(self) -> bool:
+        return self.hparams.get("prompting", "sampled") == "automatic"
 
     def configure_metrics(self) -> None:
         from torchmetrics import MetricCollection
@@ -233,7 +325,8 @@ class PromptableSegmentationTask(BaseTask):
         return self.backbone(x)[-1]
 
     def decode(self, embeddings: Tensor, point_coords: Tensor | None = None, point_labels: Tensor | None = None,
-               boxes: Tensor | None = None, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+               boxes: Tensor | None = None, size: tuple[int, int] | None = None,
+               extra_tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Masks for one prompt set per embedding.
 
         Args:
@@ -241,6 +334,8 @@ class PromptableSegmentationTask(BaseTask):
             point_coords, point_labels: ``(B, P, 2)`` float ``(x, y)`` pixels and ``(B, P)`` labels (1, 0, -1).
             boxes: ``(B, 4)`` ``(x0, y0, x1, y1)`` pixels; a NaN row means no box for that sample.
             size: the input ``(H, W)`` to crop to (default ``img_size``).
+            extra_tokens: ``(B, T, C)`` appended to the sparse prompt embeddings (automatic prompting's
+                masked-mean embedding).
 
         Returns:
             mask logits ``(B, M, H, W)`` and predicted IoUs ``(B, M)``, ``M`` 3 with ``multimask_output`` else 1.
@@ -257,6 +352,8 @@ class PromptableSegmentationTask(BaseTask):
             if box is None and points is None:
                 raise ValueError(f"sample {i} has no prompt (all points are padding and no box)")
             sparse, dense = self.prompt_encoder(points=points, boxes=box, masks=None)
+            if extra_tokens is not None:
+                sparse = torch.cat([sparse, extra_tokens[i : i + 1].to(sparse.dtype)], dim=1)
             low, iou = self.mask_decoder(image_embeddings=embeddings[i : i + 1], image_pe=dense_pe,
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                          multimask_output=self.hparams["multimask_output"])
@@ -268,9 +365,44 @@ class PromptableSegmentationTask(BaseTask):
 
     def forward(self, image: Tensor, point_coords: Tensor | None = None, point_labels: Tensor | None = None,
                 boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(B, len(bands), H, W)`` raw values and prompts (see :meth:`decode`) -> (logits, iou predictions)."""
+        """``(B, len(bands), H, W)`` raw values and prompts (see :meth:`decode`) -> (logits, iou predictions).
+
+        With ``prompting="automatic"`` and no prompts, the prompts come from the coarse mask
+        (:meth:`segment_automatic`)."""
+        if self.automatic and point_coords is None and point_labels is None and boxes is None:
+            logits, ious, *_ = self.segment_automatic(image)
+            return logits, ious
         _check_prompts(len(image), point_coords, point_labels, boxes)
         return self.decode(self.image_embeddings(image), point_coords, point_labels, boxes, image.shape[-2:])
+
+    def class_logits(self, image: Tensor) -> Tensor:
+        """Prompt-free prediction as two-class logits ``(B, 2, H, W)`` (background 0, object ``l``: a softmax
+        gives ``sigmoid(l)``), the form ``vadapt infer`` blends; automatic prompting only."""
+        if not self.automatic:
+            raise ValueError("class_logits needs prompting='automatic' (this task is prompted per image)")
+        logits = self(image)[0][:, :1]  # the first mask when multimask_output is on
+        return torch.cat([torch.zeros_like(logits), logits], 1)
+
+    def coarse_logits(self, embeddings: Tensor) -> Tensor:
+        """Automatic prompting's coarse mask logits ``(B, 1, g, g)`` from embeddings ``(B, C, g, g)``."""
+        if self.coarse_head is None:
+            raise ValueError("coarse masks need prompting='automatic'")
+        return self.coarse_head(embeddings)
+
+    def segment_automatic(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """MapSAM's prompt-free segmentation of ``(B, len(bands), H, W)`` raw values.
+
+        Returns:
+            mask logits ``(B, M, H, W)``, predicted IoUs ``(B, M)``, coarse logits ``(B, 1, g, g)``, and the
+            automatic point prompts: coords ``(B, 2 * auto_points, 2)`` and labels ``(B, 2 * auto_points)``.
+        """
+        size = tuple(image.shape[-2:])
+        embeddings = self.image_embeddings(image)
+        coarse = self.coarse_logits(embeddings)
+        coords, labels = select_point_prompts(coarse, self.hparams["auto_points"], self.img_size, size)
+        token = masked_mean_embedding(embeddings, coarse)[:, None]  # (B, 1, C)
+        logits, ious = self.decode(embeddings, coords, labels, None, size, extra_tokens=token)
+        return logits, ious, coarse, coords, labels
 
     @torch.no_grad()
     def predict_with_prompts(self, image: Tensor, points: Tensor | None = None, labels: Tensor | None = None,
@@ -329,6 +461,17 @@ class PromptableSegmentationTask(BaseTask):
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         target, ignore = self.targets(batch["mask"])
+        if self.automatic:
+            image = batch["image"]
+            logits, _, coarse, coords, labels = self.segment_automatic(image)
+            boxes = torch.full((len(image), 4), float("nan"), device=image.device)
+            per_mask = self.losses(logits, target, ignore)
+            best = per_mask.argmin(dim=1)
+            coarse_up = F.interpolate(coarse, size=(self.img_size, self.img_size), mode="bilinear",
+                                      align_corners=False)[..., : image.shape[-2], : image.shape[-1]]
+            loss = (per_mask.gather(1, best[:, None]).mean()
+                    + self.hparams["coarse_weight"] * self.losses(coarse_up, target, ignore).mean())
+            return self._score_and_log(stage, loss, image, logits, best, target, ignore, coords, labels, boxes)
         generator = None if stage == "train" else torch.Generator().manual_seed(0)  # fixed prompts for eval
         prompts = self.sampler(target, generator=generator, ignore=ignore)
         has_box = prompts["has_box"]
@@ -342,6 +485,10 @@ class PromptableSegmentationTask(BaseTask):
         per_mask = self.losses(logits, target, ignore)
         best = per_mask.argmin(dim=1)  # SAM: with several masks, only the best one is trained
         loss = per_mask.gather(1, best[:, None]).mean()
+        return self._score_and_log(stage, loss, image, logits, best, target, ignore, coords, labels, boxes)
+
+    def _score_and_log(self, stage: str, loss: Tensor, image: Tensor, logits: Tensor, best: Tensor, target: Tensor,
+                       ignore: Tensor, coords: Tensor, labels: Tensor, boxes: Tensor) -> Tensor:
         chosen = logits[torch.arange(len(logits)), best]
         prediction = (chosen > 0).long()
         truth = target.long().masked_fill(ignore, self.hparams["ignore_index"] or 0)

@@ -447,6 +447,27 @@ def test_folding_is_undone_where_another_module_reads_the_convolution():
     assert isinstance(model.bn, nn.BatchNorm2d) and torch.equal(model(x).detach(), before)
 
 
+def test_an_automatic_promptable_checkpoint_runs_over_a_folder(tmp_path):
+    from vadapt.tasks import PromptableSegmentationTask
+
+    task = PromptableSegmentationTask(backbone="sam_test", prompting="automatic", mean=[0.5] * 3, std=[0.25] * 3)
+    ckpt = save_adapter(task, tmp_path / "auto.safetensors")
+    write_geotiff(tmp_path / "in" / "a.tif", random_image(40, 50, 0))
+    with pytest.raises(ValueError, match="larger than this model's input size 64"):
+        infer(ckpt, tmp_path / "out", input=str(tmp_path / "in"), tile=128, progress=False)
+    torch.manual_seed(1)  # the tiny frozen encoder is random (no weights file): the same seed rebuilds it alike
+    report = infer(ckpt, tmp_path / "out", input=str(tmp_path / "in"), tile=64, overlap=16, progress=False,
+                   probabilities=True)
+    assert report.done == ["a.tif"]
+    with rasterio.open(tmp_path / "out" / "a_prob.tif") as src:
+        probs = src.read()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        logit = load_task(ckpt).eval()(torch.from_numpy(random_image(40, 50, 0))[None])[0][0, 0]
+    assert probs.shape == (2, 40, 50)
+    assert np.allclose(probs[1], torch.sigmoid(logit).numpy(), atol=1e-4)  # the object probability is sigmoid(l)
+
+
 def test_a_promptable_checkpoint_is_refused_with_a_reason(tmp_path, capsys):
     from vadapt.tasks import PromptableSegmentationTask
 

@@ -8,6 +8,7 @@ import torch
 from vadapt.adapters import QVDoraConfig
 from vadapt.checkpoint import load_task, save_adapter
 from vadapt.tasks import EmbeddingCache, PromptableSegmentationTask
+from vadapt.tasks.promptable import masked_mean_embedding, select_point_prompts
 
 SIZE = 64  # sam_test's img_size
 STATS = {"mean": [0.5] * 3, "std": [0.25] * 3}
@@ -190,3 +191,91 @@ def test_encoder_only_weights_file_is_refused(tmp_path):
     torch.save({f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}, weights)
     with pytest.raises(Exception, match="missing"):
         make_task(weights=str(weights))
+
+
+# ---- automatic (MapSAM prompt-free) prompting -------------------------------------------------------------
+def test_select_point_prompts_picks_top_and_bottom_cells():
+    coarse = torch.zeros(2, 1, 4, 4)
+    coarse[0, 0, 1, 2], coarse[0, 0, 3, 0] = 5.0, 4.0  # top two: (row 1, col 2), (row 3, col 0)
+    coarse[0, 0, 0, 0], coarse[0, 0, 2, 3] = -5.0, -4.0  # lowest two
+    coarse[1, 0, 0, 1], coarse[1, 0, 2, 2] = 3.0, 2.0
+    coarse[1, 0, 3, 3], coarse[1, 0, 1, 0] = -3.0, -2.0
+    coords, labels = select_point_prompts(coarse, 2, SIZE)  # 16-pixel cells: centres at 8, 24, 40, 56
+    expected = torch.tensor([[[40.0, 24.0], [8.0, 56.0], [8.0, 8.0], [56.0, 40.0]],
+                             [[24.0, 8.0], [40.0, 40.0], [56.0, 56.0], [8.0, 24.0]]])
+    torch.testing.assert_close(coords, expected)
+    assert labels.tolist() == [[1, 1, 0, 0]] * 2
+    # cells whose centre is outside the unpadded input are skipped: 40 x 40 leaves rows / columns 0-1 (4 cells)
+    coords, _ = select_point_prompts(coarse, 1, SIZE, size=(40, 40))
+    assert (coords < 40).all()
+    with pytest.raises(ValueError, match="auto_points"):
+        select_point_prompts(coarse, 9, SIZE, size=(40, 40))
+
+
+def test_masked_mean_embedding():
+    embedding = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    coarse = torch.tensor([[[[1.0, -1.0], [2.0, -3.0]]], [[[-1.0, -1.0], [-1.0, -1.0]]]])
+    mean = masked_mean_embedding(embedding, coarse)
+    torch.testing.assert_close(mean[0], embedding[0, :, :, 0].mean(-1))  # cells (0, 0) and (1, 0)
+    torch.testing.assert_close(mean[1], torch.zeros(3))  # nothing > 0.5: zero vector
+
+
+def test_automatic_forward_without_prompts():
+    task = make_task(prompting="automatic").eval()
+    assert not task.needs_prompts and make_task().needs_prompts
+    with torch.no_grad():
+        logits, iou = task(torch.rand(2, 3, 48, 56))
+        _, _, coarse, coords, labels = task.segment_automatic(torch.rand(2, 3, 48, 56))
+    assert logits.shape == (2, 1, 48, 56) and iou.shape == (2, 1)
+    assert coarse.shape == (2, 1, SIZE // 16, SIZE // 16) and coords.shape == (2, 4, 2) and labels.shape == (2, 4)
+    with pytest.raises(ValueError, match="prompting must be"):
+        make_task(prompting="auto")
+    with pytest.raises(ValueError, match="auto_points"):
+        make_task(prompting="automatic", auto_points=0)
+
+
+def test_automatic_training_loss_falls_coarse_head_trains_encoder_frozen():
+    task = make_task(prompting="automatic")
+    assert trainable(task) == {"backbone", "mask_decoder", "coarse_head"}
+    encoder = {n: p.detach().clone() for n, p in task.backbone.named_parameters() if not p.requires_grad}
+    head = {n: p.detach().clone() for n, p in task.coarse_head.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
+    batch = square_batch(2)
+    task.train()
+    losses = []
+    for _ in range(30):
+        loss = task._shared_step(batch, "train")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    for n, p in task.backbone.named_parameters():
+        if n in encoder:
+            assert torch.equal(p, encoder[n]), f"frozen {n} changed"
+    assert all(not torch.equal(p, head[n]) for n, p in task.coarse_head.named_parameters())
+    task._log_scores("train")
+    task.eval()
+    with torch.no_grad():
+        task._shared_step(square_batch(1, seed=1), "val")
+    assert len(task._preview) == 1 and task.preview_picture(task._preview).size == (3 * SIZE + 8, SIZE)
+
+
+def test_automatic_adapter_checkpoint_keeps_the_coarse_head(tmp_path):
+    source = make_task(adapter=None, mask_decoder="frozen")
+    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
+    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
+    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    weights = tmp_path / "sam_test.pth"
+    torch.save(state, weights)
+    task = make_task(weights=str(weights), prompting="automatic").eval()
+    with torch.no_grad():
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    loaded = load_task(save_adapter(task, tmp_path / "adapter.safetensors")).eval()
+    assert not loaded.needs_prompts
+    torch.testing.assert_close(loaded.coarse_head.weight, task.coarse_head.weight)
+    image = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), task(image))

@@ -297,13 +297,16 @@ class Predictor:
         self.dtype = PRECISIONS[precision]
         self.inputs = getattr(task, "num_inputs", 1)
         self.bands = list(task.backbone.bands)
-        self.num_classes = int(task.hparams["num_classes"])
+        self.num_classes = int(task.hparams.get("num_classes", 2))
+        # (N, K, h, w) class logits: the task's forward, or its class_logits where forward returns another form
+        # (automatic promptable SAM returns mask logits and IoU predictions)
+        self.class_logits = getattr(task, "class_logits", task)
 
     @torch.inference_mode()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         tiles = tiles.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            logits = self.task(*tiles.chunk(self.inputs, dim=1)) if self.inputs > 1 else self.task(tiles)
+            logits = self.class_logits(*tiles.chunk(self.inputs, dim=1))
         return logits.float().softmax(1).cpu()
 
 
@@ -511,6 +514,10 @@ def infer(
             todo.append(job)
 
     predictor = Predictor(load_task(checkpoint, weights), device, merge, precision, fold_norms=merge)
+    largest = getattr(predictor.task, "img_size", None)  # SAM-family tasks take at most their encoder's size
+    if largest is not None and tile > largest:
+        raise ValueError(f"--tile {tile} is larger than this model's input size {largest}: use --tile {largest} "
+                         "or smaller")
     report.load_seconds = time.perf_counter() - started
     on_cpu = predictor.device.type == "cpu"
     batch_size = batch_size or (1 if on_cpu else 8)
