@@ -26,6 +26,8 @@ class BaseTask(L.LightningModule):
     """Shared behaviour of all tasks. Subclasses pass their init args through; see module docstring."""
 
     backbone: Backbone
+    #: submodules built from upstream weights: adapter checkpoints keep only what trains in them
+    pretrained_modules: tuple[str, ...] = ("backbone",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,12 +44,9 @@ class BaseTask(L.LightningModule):
     # ---- models ------------------------------------------------------------------------------------------
     def configure_backbone(self) -> None:
         hp = self.hparams
-        kwargs: dict[str, Any] = {}
-        if hp.get("img_size"):
-            kwargs["img_size"] = hp["img_size"]
         self.backbone = create_backbone(
             hp["backbone"], weights=hp.get("weights"), bands=hp["bands"],
-            extra_band_init=hp.get("extra_band_init", "copy"), **kwargs,
+            extra_band_init=hp.get("extra_band_init", "copy"), **self.backbone_options(),
         )
         self.adapter_config: AdapterConfig | None = as_adapter_config(hp.get("adapter"))
         apply_adapter(self.backbone, self.adapter_config)
@@ -57,6 +56,10 @@ class BaseTask(L.LightningModule):
         mean, std = self.normalisation(hp.get("mean"), hp.get("std"))
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def backbone_options(self) -> dict[str, Any]:
+        """Family options passed to ``create_backbone`` (``img_size`` when set)."""
+        return {"img_size": self.hparams["img_size"]} if self.hparams.get("img_size") else {}
 
     def normalisation(
         self, mean: Sequence[float] | None, std: Sequence[float] | None
@@ -162,17 +165,20 @@ class BaseTask(L.LightningModule):
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything that training changes: trainable parameters, the buffers of modules that own one (e.g.
-        batch-norm statistics of an unfrozen backbone), and all state outside the backbone."""
+        """Everything that training changes: in the ``pretrained_modules`` (rebuilt from upstream weights when
+        loading) their trainable parameters and the buffers of modules that own one (e.g. batch-norm statistics
+        of an unfrozen backbone); all state outside them."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        for name, module in self.backbone.named_modules():
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
-                prefix = f"backbone.{name}." if name else "backbone."
-                trainable.update(prefix + b for b, _ in module.named_buffers(recurse=False))
+        for part in self.pretrained_modules:
+            for name, module in getattr(self, part).named_modules():
+                if any(p.requires_grad for p in module.parameters(recurse=False)):
+                    prefix = f"{part}.{name}." if name else f"{part}."
+                    trainable.update(prefix + b for b, _ in module.named_buffers(recurse=False))
+        pretrained = tuple(f"{part}." for part in self.pretrained_modules)
         return {
             k: v.detach().cpu().contiguous()
             for k, v in self.state_dict().items()
-            if k in trainable or not k.startswith("backbone.")
+            if k in trainable or not k.startswith(pretrained)
         }
 
     def plain_hparams(self) -> dict[str, Any]:

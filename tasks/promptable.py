@@ -1,45 +1,54 @@
-"""Promptable segmentation with SAM (v1): a frozen, adapted image encoder, SAM's prompt encoder and mask decoder.
+"""Promptable segmentation with SAM and SAM 2: a frozen, adapted image encoder, SAM's prompt encoder and mask decoder.
 
-The image encoder is the registered SAM backbone (``sam_vit_b``, ...) with any vadapt adapter; the prompt encoder
-and mask decoder come from the same official checkpoint file (``backbones.sam.build_sam_prompt_decoder``). Each
-part is switched separately: ``prompt_encoder`` frozen or trained, ``mask_decoder`` frozen, trained or LoRA-adapted.
+The image encoder is a registered SAM backbone (``sam_vit_b``, ...) or SAM 2 backbone (``sam2.1_hiera_b+``, ...)
+with any vadapt adapter; the prompt encoder and mask decoder come from the same official checkpoint file
+(``backbones.sam.build_sam_prompt_decoder``, ``backbones.sam2.build_sam2_prompt_decoder``). Each part is switched
+separately: ``prompt_encoder`` frozen or trained, ``mask_decoder`` frozen, norms only, trained or LoRA-adapted.
 
 Prompts follow SAM's conventions (see :mod:`vadapt.data.prompts`): points ``(x, y)`` in input pixels with labels
 1 (foreground), 0 (background), -1 (padding); boxes ``(x0, y0, x1, y1)``; a box row of NaN means "no box" for that
-sample. Training draws them from the ground-truth mask with :class:`~vadapt.data.prompts.PromptSampler` (points
-inside / outside, jittered boxes), as SAM-style fine-tuning does. With ``prompting="sampled"`` (default) every
-sample needs a point or a box, and ``forward`` without any prompt raises a ``ValueError``.
+sample. ``prompting`` chooses where prompts come from:
 
-``prompting="automatic"``: MapSAM's prompt-free mode (official code ``segment_anything/modeling/sam.py``
-``forward_train``). A trainable coarse-mask head gives logits ``(B, 1, g, g)`` on the embedding grid; from them:
+* ``"sampled"`` (default): training draws them from the ground-truth mask with
+  :class:`~vadapt.data.prompts.PromptSampler` (points inside / outside, jittered boxes), as SAM-style fine-tuning
+  does; at inference the user gives them, and ``forward`` without any prompt raises a ``ValueError``.
+* ``"automatic"``: MapSAM's prompt-free mode (Xia et al., arXiv:2411.06971; official code ``Xue-Xia/MapSAM``,
+  ``segment_anything/modeling/sam.py`` ``forward_train``). A :class:`~tasks.sam_decoding.CoarseMaskGenerator`
+  (four SPGen heads on SAM ViT: the final embedding and the frozen neck applied to the outputs of blocks 0, 4
+  and 8, i.e. every 4th block but the last; their logits averaged) gives a coarse mask ``(B, 1, g, g)``; from it
 
-* point prompts: the ``auto_points`` highest-scoring grid cells as positives (label 1) and the ``auto_points``
-  lowest as negatives (label 0), at the cell centres in input pixels (:func:`select_point_prompts`), through
-  SAM's prompt encoder (which appends its padding point, as in MapSAM);
-* the "positional-semantic" prompt: the mean of the detached image embedding over the cells whose coarse
-  probability is > 0.5 (zero vector if none; :func:`masked_mean_embedding`).
+  - point prompts: the ``auto_points`` highest-scoring pixels of the coarse mask bilinearly upsampled to the
+    input as positives and the ``auto_points`` lowest as negatives (:func:`select_point_prompts`), through
+    SAM's prompt encoder (which appends its padding point);
+  - the "positional-semantic" prompt: the mean of the detached image embedding over the cells whose coarse
+    probability is > 0.5 (:func:`masked_mean_embedding`), added to every decoder query before each two-way
+    layer and to the final attention's queries, with masked token-to-image attention
+    (:func:`~tasks.sam_decoding.decode_masks`; ``masked_attention``).
 
-The loss adds ``coarse_weight * (focal_weight * focal + dice_weight * dice)`` of the coarse logits (bilinearly
-upsampled to the input) against the mask, as MapSAM. ``forward(image)`` without prompts then segments
-automatically; prompts given explicitly are still decoded as usual. Deviations from the official code:
+  The loss adds ``coarse_weight * (focal_weight * focal + dice_weight * dice)`` of the coarse logits
+  (bilinearly upsampled) against the mask, as MapSAM.
+* ``"learned"``: SALT's prompt-free mode (Elsayed et al., arXiv:2503.16055; official code
+  ``BioMedIA-MBZUAI/SALT``, ``model.py``): ``learned_tokens`` trainable sparse prompt tokens with SAM's
+  "no mask" dense prompt. SALT feeds a frozen CLIP text embedding of the class name through a trainable
+  ``Linear -> ReLU -> BatchNorm1d``; for one class that input is a constant, so the result is one learned
+  vector, which we train directly (no CLIP model needed).
 
-* the coarse head is ONE 1x1 conv (``C -> 1``) on the final (neck) image embedding; MapSAM averages the logits of
-  four SPGen heads (1x1-conv MLPs ``256-64-16-1`` with LayerNorm/GELU) on the final embedding and on the neck
-  applied to blocks 0, 4 and 8;
-* points are picked on the embedding grid (cell centres, only cells inside the unpadded input); MapSAM picks
-  pixels of the coarse map bilinearly upsampled to the input (its two picks are usually neighbouring pixels);
-* the masked-mean embedding is appended as ONE extra sparse prompt token, which needs no change to SAM's
-  decoder; MapSAM adds it to every query token before each two-way-transformer layer (and to the final
-  token-to-image attention's queries), and skips it when the mask is empty;
-* MapSAM's masked cross-attention (token-to-image attention restricted to the coarse / first-layer mask) is NOT
-  implemented.
+``forward(image)`` without prompts segments automatically in the two prompt-free modes; prompts given
+explicitly are still decoded as usual.
 
-Sizes, as SAM: inputs are normalised and padded (bottom/right) to the encoder's ``img_size`` square (1024 for the
-official weights, or the task's ``img_size``), the embedding is ``(B, 256, img_size/16, img_size/16)``, the decoder's
-low-resolution masks are upsampled to ``img_size`` and cropped back to the input size. Larger inputs are refused.
+Deviations from the official MapSAM code: its decoder is rebuilt with ONE fresh mask token; we keep SAM's
+pretrained tokens and train token 0 (SAM's single-mask output). Points and losses use the unpadded input, not
+the padded square. See :mod:`tasks.sam_decoding` for the masked attention. On SAM 2 (which MapSAM did not
+use), the coarse heads read the FPN levels at strides 4 and 8 (average-pooled to the embedding grid) and the
+stride-16 embedding: three heads (Hiera has no single-scale block outputs to tap).
 
-The image embedding is computed once per image and reused for many prompts: ``decode`` takes embeddings, and
-``predict_with_prompts`` keeps the last few images' embeddings in an :class:`EmbeddingCache`.
+Sizes: inputs are normalised and padded (bottom/right) to the ``img_size`` square (1024 for the official
+weights), the embedding is ``(B, C, img_size/16, img_size/16)``, the decoder's low-resolution masks are
+upsampled to ``img_size`` and cropped back to the input size. Larger inputs are refused.
+
+The image embedding is computed once per image and reused for many prompts: ``decode`` takes
+:class:`ImageFeatures`, and ``predict_with_prompts`` keeps the last few images' features in an
+:class:`EmbeddingCache`.
 
 Loss: ``focal_weight * focal + dice_weight * dice`` on sigmoid logits, ignore pixels left out. The defaults
 0.2 / 0.8 are MapSAM's (official code); SAM itself trained with focal:dice = 20:1 (paper, Sec. 3 / App. A).
@@ -49,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -60,16 +70,48 @@ from vadapt.bands import RGB, BandInit
 from vadapt.data.prompts import PromptSampler
 
 from .base import BaseTask
+from .sam_decoding import CoarseMaskGenerator, decode_masks
+
+PROMPTING = ("sampled", "automatic", "learned")
+
+
+@dataclass
+class ImageFeatures:
+    """What the decoder needs of one image batch, computed once per image.
+
+    Attributes:
+        embedding: ``(B, C, g, g)`` the image embedding (SAM 2: with ``no_mem_embed`` added).
+        high_res: SAM 2's decoder inputs ``[(B, C/8, 4g, 4g), (B, C/4, 2g, 2g)]``; ``None`` for SAM.
+        levels: automatic prompting's coarse-mask inputs, each ``(B, C, g, g)`` (empty otherwise).
+    """
+
+    embedding: Tensor
+    high_res: list[Tensor] | None = None
+    levels: tuple[Tensor, ...] = ()
+
+    def select(self, index: slice | int) -> ImageFeatures:
+        """The features of a part of the batch (an int keeps the batch dimension)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return ImageFeatures(self.embedding[index], None if self.high_res is None else
+                             [h[index] for h in self.high_res], tuple(x[index] for x in self.levels))
+
+    def expand(self, count: int) -> ImageFeatures:
+        """One image's features repeated for ``count`` prompt sets (no copy)."""
+        def rep(t: Tensor) -> Tensor:
+            return t.expand(count, *t.shape[1:])
+
+        return ImageFeatures(rep(self.embedding), None if self.high_res is None else
+                             [rep(h) for h in self.high_res], tuple(rep(x) for x in self.levels))
 
 
 class EmbeddingCache:
-    """A small LRU of image embeddings keyed by an image id (default: a hash of the image's values)."""
+    """A small LRU of image features keyed by an image id (default: a hash of the image's values)."""
 
     def __init__(self, maxsize: int = 4) -> None:
         if maxsize < 1:
             raise ValueError(f"EmbeddingCache maxsize must be >= 1, got {maxsize!r}")
         self.maxsize = maxsize
-        self._items: OrderedDict[str, Tensor] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
 
     @staticmethod
     def key(image: Tensor) -> str:
@@ -78,13 +120,13 @@ class EmbeddingCache:
         digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
         return digest.hexdigest()
 
-    def get(self, key: str) -> Tensor | None:
+    def get(self, key: str) -> Any:
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
         return value
 
-    def put(self, key: str, value: Tensor) -> None:
+    def put(self, key: str, value: Any) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.maxsize:
@@ -99,49 +141,49 @@ class EmbeddingCache:
 
 def select_point_prompts(coarse_logits: Tensor, k: int, input_size: int,
                          size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-    """MapSAM's automatic points: the ``k`` top-scoring grid cells as positives, the ``k`` lowest as negatives.
+    """MapSAM's automatic points: the ``k`` highest pixels of the upsampled coarse mask as positives, the ``k``
+    lowest as negatives (official ``point_selection`` on ``coarse_mask_up16``).
 
     Args:
         coarse_logits: ``(B, 1, h, w)`` coarse mask logits on the embedding grid.
         k: points per sign.
-        input_size: the padded (square) SAM input's side in pixels; a cell is ``input_size / w`` pixels wide.
-        size: the unpadded input ``(H, W)``: cells whose centre lies outside it are never picked (default: all).
+        input_size: the padded (square) SAM input's side in pixels; the logits are bilinearly upsampled to it.
+        size: the unpadded input ``(H, W)``: only pixels inside it are picked (default: the whole square).
 
     Returns:
-        coords ``(B, 2k, 2)`` float ``(x, y)`` pixel centres of the cells (positives first, best first; then
-        negatives, lowest first) and labels ``(B, 2k)`` (``k`` ones then ``k`` zeros).
+        coords ``(B, 2k, 2)`` float ``(x, y)`` pixels (positives first, best first; then negatives, lowest
+        first) and labels ``(B, 2k)`` (``k`` ones then ``k`` zeros).
     """
     if coarse_logits.ndim != 4 or coarse_logits.shape[1] != 1:
         raise ValueError(f"coarse_logits must be (B, 1, h, w), got {tuple(coarse_logits.shape)}")
-    batch, _, h, w = coarse_logits.shape
-    cell_y, cell_x = input_size / h, input_size / w
-    ys = (torch.arange(h, device=coarse_logits.device, dtype=torch.float32) + 0.5) * cell_y
-    xs = (torch.arange(w, device=coarse_logits.device, dtype=torch.float32) + 0.5) * cell_x
-    valid = torch.ones(h, w, dtype=torch.bool, device=coarse_logits.device)
-    if size is not None:
-        valid = (ys[:, None] < size[0]) & (xs[None, :] < size[1])
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= int(valid.sum()):
-        raise ValueError(f"auto_points must be an int in [1, {int(valid.sum())}] (grid cells inside the input), "
-                         f"got {k!r}")
-    scores = coarse_logits.detach().float().flatten(1)  # (B, h*w)
-    flat_valid = valid.flatten()[None]
-    top = scores.masked_fill(~flat_valid, float("-inf")).topk(k, dim=1).indices
-    low = scores.masked_fill(~flat_valid, float("inf")).topk(k, dim=1, largest=False).indices
-    index = torch.cat([top, low], dim=1)
-    coords = torch.stack([xs[index % w], ys[index // w]], dim=-1)
-    labels = torch.cat([torch.ones(batch, k), torch.zeros(batch, k)], dim=1).to(coarse_logits.device, torch.long)
-    return coords, labels
+    height, width = size or (input_size, input_size)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= height * width:
+        raise ValueError(f"auto_points must be an int in [1, {height * width}] (input pixels), got {k!r}")
+    up = F.interpolate(coarse_logits.detach().float(), size=(input_size, input_size), mode="bilinear",
+                       align_corners=False)
+    scores = up[:, 0, :height, :width].flatten(1)  # (B, H*W)
+    index = torch.cat([scores.topk(k, dim=1).indices, scores.topk(k, dim=1, largest=False).indices], dim=1)
+    coords = torch.stack([index % width, index // width], dim=-1).float()
+    labels = torch.cat([torch.ones(len(scores), k), torch.zeros(len(scores), k)], dim=1)
+    return coords, labels.to(coarse_logits.device, torch.long)
 
 
 def masked_mean_embedding(embedding: Tensor, coarse_logits: Tensor) -> Tensor:
     """MapSAM's positional-semantic prompt: the mean of ``embedding`` ``(B, C, h, w)`` over the cells where
-    ``sigmoid(coarse_logits) > 0.5`` (``(B, 1, h, w)``), both detached -> ``(B, C)``; a zero vector if none."""
+    ``sigmoid(coarse_logits) > 0.5`` (``(B, 1, h, w)``), both detached -> ``(B, C)``; a zero vector (nothing
+    added, as MapSAM skips it) if none."""
     if coarse_logits.shape[-2:] != embedding.shape[-2:] or coarse_logits.shape[:2] != (len(embedding), 1):
         raise ValueError(f"coarse_logits {tuple(coarse_logits.shape)} must be (B, 1, h, w) of the embedding "
                          f"{tuple(embedding.shape)}")
     mask = (coarse_logits.detach() > 0).to(embedding.dtype)  # sigmoid > 0.5
     total = (embedding.detach() * mask).sum(dim=(-2, -1))
     return total / mask.sum(dim=(-2, -1)).clamp(min=1)
+
+
+def mapsam_coarse_blocks(depth: int) -> list[int]:
+    """The SAM ViT blocks whose outputs MapSAM's extra coarse heads read: every 4th block but the last
+    (official ``ImageEncoderViT.forward``: ``i % 4 == 0``); ViT-B (12 blocks): 0, 4, 8."""
+    return [i for i in range(depth - 1) if i % 4 == 0]
 
 
 def _check_prompts(batch: int, point_coords: Tensor | None, point_labels: Tensor | None,
@@ -158,21 +200,23 @@ def _check_prompts(batch: int, point_coords: Tensor | None, point_labels: Tensor
     if boxes is not None and (boxes.ndim != 2 or tuple(boxes.shape) != (batch, 4)):
         raise ValueError(f"boxes must be (B={batch}, 4) (x0, y0, x1, y1) pixels, got {tuple(boxes.shape)}")
     if point_coords is None and boxes is None:
-        raise ValueError("SAM needs a prompt: give point_coords/point_labels and/or boxes (automatic, prompt-free "
-                         "segmentation is not supported by PromptableSegmentationTask)")
+        raise ValueError("SAM needs a prompt: give point_coords/point_labels and/or boxes (prompt-free "
+                         "segmentation needs a task trained with prompting='automatic' or 'learned')")
 
 
 class PromptableSegmentationTask(BaseTask):
-    """SAM fine-tuning with prompts drawn from ground-truth masks; see module docstring.
+    """SAM / SAM 2 fine-tuning with prompts drawn from masks, or prompt-free; see module docstring.
 
     Batches are dicts with ``image`` (float, raw band values) and ``mask`` (long class ids, ``ignore_index``
     where unknown). The object to segment is ``mask == foreground_class`` (default: every class > 0).
     """
 
+    pretrained_modules = ("backbone", "prompt_encoder", "mask_decoder")
+
     @property
     def needs_prompts(self) -> bool:
         """vadapt infer (prompt-free folder jobs) refuses tasks that need prompts with a clear message."""
-        return self.hparams.get("prompting", "sampled") != "automatic"
+        return self.hparams.get("prompting", "sampled") == "sampled"
 
     def __init__(
         self,
@@ -181,7 +225,7 @@ class PromptableSegmentationTask(BaseTask):
         bands: tuple[str, ...] = RGB,
         adapter: AdapterConfig | None = None,
         prompt_encoder: Literal["frozen", "train"] = "frozen",
-        mask_decoder: Literal["frozen", "train", "lora"] = "train",
+        mask_decoder: Literal["frozen", "norms", "train", "lora"] = "train",
         decoder_lora_r: int = 4,
         foreground_class: int | None = None,
         num_positive: int = 1,
@@ -203,91 +247,148 @@ class PromptableSegmentationTask(BaseTask):
         grad_checkpointing: bool = False,
         preview_images: int = 4,
         cache_size: int = 4,
-        prompting: Literal["sampled", "automatic"] = "sampled",
+        prompting: Literal["sampled", "automatic", "learned"] = "sampled",
         auto_points: int = 2,
         coarse_weight: float = 1.0,
+        coarse_blocks: list[int] | None = None,
+        masked_attention: bool = True,
+        learned_tokens: int = 1,
     ) -> None:
         """
         Args:
-            backbone: a SAM backbone (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``; ``sam_test`` in tests).
-            weights: ``None`` (random), ``"pretrained"`` or a path to the official full SAM checkpoint
+            backbone: a SAM backbone (``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h``; ``sam_test`` in tests) or a
+                SAM 2 one (``sam2.1_hiera_b+``, ...; ``sam2_test``).
+            weights: ``None`` (random), ``"pretrained"`` or a path to the official full SAM / SAM 2 checkpoint
                 (image encoder, prompt encoder and mask decoder are all read from it).
             bands: input band names, matched by name to the pretrained first layer.
-            adapter: the image encoder's adapter (e.g. ``vadapt.adapters.QVDoraConfig`` as MapSAM); ``None``
-                keeps the encoder as it is.
+            adapter: the image encoder's adapter (e.g. ``vadapt.adapters.QVDoraConfig`` as MapSAM,
+                ``vadapt.adapters.SaltConfig`` as SALT); ``None`` keeps the encoder as it is.
             prompt_encoder: ``"frozen"`` or ``"train"``.
-            mask_decoder: ``"frozen"``, ``"train"`` (all of it, as MapSAM / SAMed) or ``"lora"`` (LoRA of rank
-                ``decoder_lora_r`` on the q/v projections of its two-way transformer).
+            mask_decoder: ``"frozen"``, ``"norms"`` (only its LayerNorms train, as SALT's "norm" rule),
+                ``"train"`` (all of it, as MapSAM / SAMed) or ``"lora"`` (LoRA of rank ``decoder_lora_r`` on
+                the q/v projections of its two-way transformer).
             foreground_class: the class id that is the object; ``None``: every class > 0 (binary masks).
             num_positive, num_negative, box_probability, box_jitter: training prompts (``PromptSampler``).
             focal_weight, dice_weight: loss weights (MapSAM 0.2 / 0.8; SAM's paper used 20:1 focal:dice).
             multimask_output: decode SAM's three masks; training back-propagates the best one per sample (SAM).
             ignore_index: mask value left out of loss, metrics and prompts.
             lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay.
-            mean, std: per-band input statistics (raw units); default: SAM's RGB statistics.
-            img_size: the encoder's input size (default the pretraining size, 1024); inputs are padded to it.
+            mean, std: per-band input statistics (raw units); default: the backbone's RGB statistics.
+            img_size: the square input size (default 1024, the official models'); inputs are padded to it.
             extra_band_init: first-layer init of bands the pretrained model lacks.
             grad_checkpointing: recompute adapted blocks in backward to save memory.
             preview_images: validation images drawn in the per-epoch picture (0 = none).
-            cache_size: image embeddings kept by ``predict_with_prompts``.
-            prompting: ``"sampled"`` (prompts drawn from the masks in training, given by the user otherwise) or
-                ``"automatic"`` (MapSAM's prompt-free mode; see module docstring).
+            cache_size: images whose features ``predict_with_prompts`` keeps.
+            prompting: ``"sampled"``, ``"automatic"`` (MapSAM) or ``"learned"`` (SALT); see module docstring.
             auto_points: automatic prompting's positive and negative points, each (MapSAM 2).
             coarse_weight: automatic prompting's weight of the coarse-mask loss (MapSAM 1).
+            coarse_blocks: SAM ViT blocks read by the extra coarse heads (default MapSAM's: every 4th block but
+                the last); not used by SAM 2.
+            masked_attention: automatic prompting's masked token-to-image attention (MapSAM: on).
+            learned_tokens: learned prompting's number of prompt tokens (SALT 1).
         """
-        if prompting not in ("sampled", "automatic"):
-            raise ValueError(f"prompting must be 'sampled' or 'automatic', got {prompting!r}")
-        if isinstance(auto_points, bool) or not isinstance(auto_points, int) or auto_points < 1:
-            raise ValueError(f"auto_points must be an int >= 1, got {auto_points!r}")
+        if prompting not in PROMPTING:
+            raise ValueError(f"prompting must be one of {PROMPTING}, got {prompting!r}")
+        for name, value in (("auto_points", auto_points), ("learned_tokens", learned_tokens),
+                            ("decoder_lora_r", decoder_lora_r)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         for name, value in (("focal_weight", focal_weight), ("dice_weight", dice_weight),
                             ("coarse_weight", coarse_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if isinstance(decoder_lora_r, bool) or not isinstance(decoder_lora_r, int) or decoder_lora_r < 1:
-            raise ValueError(f"decoder_lora_r must be an int >= 1, got {decoder_lora_r!r}")
         super().__init__()
 
     # ---- models ------------------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        from vadapt.backbones import BACKBONES
+
+        return BACKBONES.get(self.hparams["backbone"]).family
+
+    def backbone_options(self) -> dict[str, Any]:
+        hp = self.hparams
+        if self.family == "sam2":
+            return {}  # Hiera adapts to any input size; img_size sizes the prompt encoder only
+        options = super().backbone_options()
+        if hp["prompting"] == "automatic":
+            from vadapt.backbones import BACKBONES
+
+            depth = BACKBONES.get(hp["backbone"]).kwargs.get("depth", 12)
+            blocks = hp["coarse_blocks"] if hp["coarse_blocks"] is not None else mapsam_coarse_blocks(depth)
+            if any(not -depth <= b < depth - 1 for b in blocks):
+                raise ValueError(f"coarse_blocks {blocks} must be blocks before the last of {depth}")
+            options["out_indices"] = blocks
+        return options
+
     def configure_head(self) -> None:
         from vadapt.backbones.sam import SamBackbone, build_sam_prompt_decoder
+        from vadapt.backbones.sam2 import Sam2HieraBackbone
 
         hp = self.hparams
-        if not isinstance(self.backbone, SamBackbone):
-            raise ValueError(f"PromptableSegmentationTask needs a SAM backbone (sam_vit_b, sam_vit_l, sam_vit_h, "
-                             f"sam_test), got {hp['backbone']!r}")
-        self.prompt_encoder, self.mask_decoder = build_sam_prompt_decoder(self.backbone, hp["weights"])
-        match hp["prompt_encoder"]:
-            case "frozen":
-                self.prompt_encoder.requires_grad_(False)
-            case "train":
-                self.prompt_encoder.requires_grad_(True)
+        if isinstance(self.backbone, SamBackbone):
+            self._img_size = self.backbone.img_size
+            self.register_buffer("no_mem_embed", None)  # SAM 2 only
+            self.prompt_encoder, self.mask_decoder = build_sam_prompt_decoder(self.backbone, hp["weights"])
+        elif isinstance(self.backbone, Sam2HieraBackbone):
+            self._img_size = hp["img_size"] or 1024
+            if self._img_size % self.backbone.pad_multiple:
+                raise ValueError(f"img_size {self._img_size} must be a multiple of {self.backbone.pad_multiple} "
+                                 f"for {hp['backbone']}")
+            if hp["coarse_blocks"] is not None:
+                import warnings
+
+                warnings.warn("coarse_blocks is ignored by SAM 2 backbones (the coarse heads read the FPN levels)",
+                              stacklevel=2)
+            from vadapt.backbones.sam2 import build_sam2_prompt_decoder
+
+            parts = build_sam2_prompt_decoder(self.backbone, hp["weights"], img_size=self._img_size)
+            self.prompt_encoder, self.mask_decoder = parts.prompt_encoder, parts.mask_decoder
+            self.register_buffer("no_mem_embed", parts.no_mem_embed.detach().clone())
+        else:
+            raise ValueError(f"PromptableSegmentationTask needs a SAM or SAM 2 backbone (sam_vit_b, sam2.1_hiera_b+, "
+                             f"..., sam_test, sam2_test), got {hp['backbone']!r}")
+        self._configure_trainable(hp["prompt_encoder"], hp["mask_decoder"])
+        self.sampler = PromptSampler(num_positive=hp["num_positive"], num_negative=hp["num_negative"],
+                                     box_probability=hp["box_probability"], box_jitter=hp["box_jitter"])
+        self.cache = EmbeddingCache(hp["cache_size"])
+        channels = self.backbone.out_channels[-1]
+        self.coarse_head = None
+        self.prompt_tokens = None
+        if hp["prompting"] == "automatic":
+            levels = len(self.backbone.out_channels)  # SAM: tapped blocks + final; SAM 2: FPN levels
+            self.coarse_head = CoarseMaskGenerator(channels, levels)
+        elif hp["prompting"] == "learned":
+            self.prompt_tokens = nn.Parameter(torch.randn(1, hp["learned_tokens"], channels) * 0.02)
+
+    def _configure_trainable(self, prompt_encoder: str, mask_decoder: str) -> None:
+        match prompt_encoder:
+            case "frozen" | "train":
+                self.prompt_encoder.requires_grad_(prompt_encoder == "train")
             case other:
                 raise ValueError(f"prompt_encoder must be 'frozen' or 'train', got {other!r}")
-        match hp["mask_decoder"]:
-            case "frozen":
-                self.mask_decoder.requires_grad_(False)
-            case "train":
-                self.mask_decoder.requires_grad_(True)
+        match mask_decoder:
+            case "frozen" | "train":
+                self.mask_decoder.requires_grad_(mask_decoder == "train")
+            case "norms":
+                for name, p in self.mask_decoder.named_parameters():
+                    p.requires_grad_("norm" in name)
             case "lora":
                 import peft
 
                 self.mask_decoder.requires_grad_(False)
-                config = peft.LoraConfig(r=hp["decoder_lora_r"], lora_alpha=hp["decoder_lora_r"],
-                                         target_modules=["q_proj", "v_proj"], bias="none")
+                r = self.hparams["decoder_lora_r"]
+                config = peft.LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "v_proj"], bias="none")
                 peft.inject_adapter_in_model(config, self.mask_decoder, adapter_name="default")
                 for name, p in self.mask_decoder.named_parameters():
                     p.requires_grad_("lora_" in name)
             case other:
-                raise ValueError(f"mask_decoder must be 'frozen', 'train' or 'lora', got {other!r}")
-        self.sampler = PromptSampler(num_positive=hp["num_positive"], num_negative=hp["num_negative"],
-                                     box_probability=hp["box_probability"], box_jitter=hp["box_jitter"])
-        self.cache = EmbeddingCache(hp["cache_size"])
-        # automatic prompting's coarse-mask head (one 1x1 conv; MapSAM: four SPGen MLPs, see module docstring)
-        self.coarse_head = nn.Conv2d(self.backbone.out_channels[-1], 1, 1) if self.automatic else None
+                raise ValueError(f"mask_decoder must be 'frozen', 'norms', 'train' or 'lora', got {other!r}")
 
     @property
     def automatic(self) -> bool:
-        return self.hparams.get("prompting", "sampled") == "automatic"
+        """Prompt-free segmentation (``prompting`` ``"automatic"`` or ``"learned"``)."""
+        return self.hparams.get("prompting", "sampled") != "sampled"
 
     def configure_metrics(self) -> None:
         from torchmetrics import MetricCollection
@@ -312,53 +413,96 @@ class PromptableSegmentationTask(BaseTask):
     # ---- model -------------------------------------------------------------------------------------------
     @property
     def img_size(self) -> int:
-        return self.backbone.img_size
+        return self._img_size
 
-    def image_embeddings(self, images: Tensor) -> Tensor:
-        """``(B, len(bands), H, W)`` raw values, ``H, W <= img_size`` -> SAM embeddings ``(B, C, g, g)``,
-        ``g = img_size / 16`` (the input is normalised, then padded bottom/right with zeros as SAM does)."""
+    def image_features(self, images: Tensor) -> ImageFeatures:
+        """``(B, len(bands), H, W)`` raw values, ``H, W <= img_size`` -> :class:`ImageFeatures` on the
+        ``g = img_size / 16`` grid (the input is normalised, then padded bottom/right with zeros as SAM does)."""
         height, width = images.shape[-2:]
         if height > self.img_size or width > self.img_size:
             raise ValueError(f"input {height}x{width} is larger than the encoder's {self.img_size}x{self.img_size}: "
                              "resize it (SAM's ResizeLongestSide) or set img_size")
         x = F.pad(self.normalise(images), (0, self.img_size - width, 0, self.img_size - height))
-        return self.backbone(x)[-1]
+        maps = self.backbone(x)
+        automatic = self.hparams["prompting"] == "automatic"
+        if self.no_mem_embed is None:  # SAM: [tapped block outputs..., neck(final)]
+            embedding = maps[-1]
+            neck = self.backbone.model.neck
+            levels = (*(neck(m) for m in maps[:-1]), embedding) if automatic else ()
+            return ImageFeatures(embedding, None, levels)
+        # SAM 2 image path (SAM2Base.forward_image / _prepare_backbone_features, no memory)
+        embedding = maps[-1] + self.no_mem_embed.view(1, -1, 1, 1)
+        high_res = None
+        if self.mask_decoder.use_high_res_features:
+            high_res = [self.mask_decoder.conv_s0(maps[0]), self.mask_decoder.conv_s1(maps[1])]
+        levels = ()
+        if automatic:
+            grid = embedding.shape[-2:]
+            levels = (*(F.adaptive_avg_pool2d(m, grid) for m in maps[:-1]), embedding)
+        return ImageFeatures(embedding, high_res, levels)
 
-    def decode(self, embeddings: Tensor, point_coords: Tensor | None = None, point_labels: Tensor | None = None,
-               boxes: Tensor | None = None, size: tuple[int, int] | None = None,
-               extra_tokens: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Masks for one prompt set per embedding.
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        """``(B, len(bands), H, W)`` raw values -> the image embedding ``(B, C, g, g)``."""
+        return self.image_features(images).embedding
+
+    def _encode_prompts(self, points: tuple[Tensor, Tensor] | None, box: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One sample's prompts -> sparse ``(1, P, C)`` and dense ``(1, C, g, g)`` embeddings.
+
+        SAM 2's image predictor gives a box as two corner points (labels 2, 3) in front of the clicks."""
+        if self.no_mem_embed is not None and box is not None:
+            corners = box.view(1, 2, 2)
+            corner_labels = torch.tensor([[2, 3]], device=box.device)
+            if points is not None:
+                corners = torch.cat([corners, points[0]], 1)
+                corner_labels = torch.cat([corner_labels, points[1]], 1)
+            points, box = (corners, corner_labels), None
+        return self.prompt_encoder(points=points, boxes=box, masks=None)
+
+    def decode(self, features: ImageFeatures | Tensor, point_coords: Tensor | None = None,
+               point_labels: Tensor | None = None, boxes: Tensor | None = None, size: tuple[int, int] | None = None,
+               coarse_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Masks for one prompt set per image.
 
         Args:
-            embeddings: ``(B, C, g, g)`` from :meth:`image_embeddings`.
+            features: :class:`ImageFeatures` (or a SAM embedding ``(B, C, g, g)``) from :meth:`image_features`.
             point_coords, point_labels: ``(B, P, 2)`` float ``(x, y)`` pixels and ``(B, P)`` labels (1, 0, -1).
             boxes: ``(B, 4)`` ``(x0, y0, x1, y1)`` pixels; a NaN row means no box for that sample.
             size: the input ``(H, W)`` to crop to (default ``img_size``).
-            extra_tokens: ``(B, T, C)`` appended to the sparse prompt embeddings (automatic prompting's
-                masked-mean embedding).
+            coarse_logits: ``(B, 1, g, g)`` automatic prompting's coarse mask: adds MapSAM's masked-mean
+                embedding to the decoder's queries and (``masked_attention``) masks its cross-attention.
 
         Returns:
             mask logits ``(B, M, H, W)`` and predicted IoUs ``(B, M)``, ``M`` 3 with ``multimask_output`` else 1.
         """
-        _check_prompts(len(embeddings), point_coords, point_labels, boxes)
+        if isinstance(features, Tensor):
+            features = ImageFeatures(features)
+        batch = len(features.embedding)
+        learned = self.prompt_tokens is not None and point_coords is None and boxes is None
+        if not learned:
+            _check_prompts(batch, point_coords, point_labels, boxes)
         size = size or (self.img_size, self.img_size)
         dense_pe = self.prompt_encoder.get_dense_pe()
         masks, ious = [], []
-        for i in range(len(embeddings)):  # SAM's decoder takes one image (with any number of prompts) per call
+        for i in range(batch):  # prompts differ in length per sample (box or not): one sample per call
             box = None if boxes is None or boxes[i].isnan().any() else boxes[i : i + 1]
             points = None
             if point_coords is not None and (point_labels[i] != -1).any():
                 points = (point_coords[i : i + 1], point_labels[i : i + 1])
-            if box is None and points is None:
+            if box is None and points is None and not learned:
                 raise ValueError(f"sample {i} has no prompt (all points are padding and no box)")
-            sparse, dense = self.prompt_encoder(points=points, boxes=box, masks=None)
-            if extra_tokens is not None:
-                sparse = torch.cat([sparse, extra_tokens[i : i + 1].to(sparse.dtype)], dim=1)
-            low, iou = self.mask_decoder(image_embeddings=embeddings[i : i + 1], image_pe=dense_pe,
-                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                         multimask_output=self.hparams["multimask_output"])
-            masks.append(low)
-            ious.append(iou)
+            sparse, dense = self._encode_prompts(points, box)
+            if learned:
+                sparse = torch.cat([sparse, self.prompt_tokens.to(sparse.dtype)], dim=1)
+            one = features.select(i)
+            target = coarse = None
+            if coarse_logits is not None:
+                target = masked_mean_embedding(one.embedding, coarse_logits[i : i + 1])
+                coarse = coarse_logits[i : i + 1] if self.hparams["masked_attention"] else None
+            low, iou = decode_masks(self.mask_decoder, one.embedding, dense_pe, sparse, dense, one.high_res,
+                                    target, coarse)
+            pick = slice(1, None) if self.hparams["multimask_output"] else slice(0, 1)
+            masks.append(low[:, pick])
+            ious.append(iou[:, pick])
         logits = F.interpolate(torch.cat(masks), size=(self.img_size, self.img_size), mode="bilinear",
                                align_corners=False)
         return logits[..., : size[0], : size[1]], torch.cat(ious)
@@ -367,47 +511,51 @@ class PromptableSegmentationTask(BaseTask):
                 boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(B, len(bands), H, W)`` raw values and prompts (see :meth:`decode`) -> (logits, iou predictions).
 
-        With ``prompting="automatic"`` and no prompts, the prompts come from the coarse mask
+        Prompt-free tasks (``prompting`` automatic or learned) segment without prompts
         (:meth:`segment_automatic`)."""
         if self.automatic and point_coords is None and point_labels is None and boxes is None:
             logits, ious, *_ = self.segment_automatic(image)
             return logits, ious
         _check_prompts(len(image), point_coords, point_labels, boxes)
-        return self.decode(self.image_embeddings(image), point_coords, point_labels, boxes, image.shape[-2:])
+        return self.decode(self.image_features(image), point_coords, point_labels, boxes, image.shape[-2:])
 
     def class_logits(self, image: Tensor) -> Tensor:
         """Prompt-free prediction as two-class logits ``(B, 2, H, W)`` (background 0, object ``l``: a softmax
-        gives ``sigmoid(l)``), the form ``vadapt infer`` blends; automatic prompting only."""
+        gives ``sigmoid(l)``), the form ``vadapt infer`` blends; prompt-free tasks only."""
         if not self.automatic:
-            raise ValueError("class_logits needs prompting='automatic' (this task is prompted per image)")
+            raise ValueError("class_logits needs prompting='automatic' or 'learned' (this task is prompted per image)")
         logits = self(image)[0][:, :1]  # the first mask when multimask_output is on
         return torch.cat([torch.zeros_like(logits), logits], 1)
 
-    def coarse_logits(self, embeddings: Tensor) -> Tensor:
-        """Automatic prompting's coarse mask logits ``(B, 1, g, g)`` from embeddings ``(B, C, g, g)``."""
+    def coarse_logits(self, features: ImageFeatures) -> Tensor:
+        """Automatic prompting's coarse mask logits ``(B, 1, g, g)``."""
         if self.coarse_head is None:
             raise ValueError("coarse masks need prompting='automatic'")
-        return self.coarse_head(embeddings)
+        return self.coarse_head(list(features.levels))
 
-    def segment_automatic(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """MapSAM's prompt-free segmentation of ``(B, len(bands), H, W)`` raw values.
+    def segment_automatic(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """Prompt-free segmentation of ``(B, len(bands), H, W)`` raw values (MapSAM or SALT).
 
         Returns:
-            mask logits ``(B, M, H, W)``, predicted IoUs ``(B, M)``, coarse logits ``(B, 1, g, g)``, and the
-            automatic point prompts: coords ``(B, 2 * auto_points, 2)`` and labels ``(B, 2 * auto_points)``.
+            mask logits ``(B, M, H, W)``, predicted IoUs ``(B, M)``, MapSAM's coarse logits ``(B, 1, g, g)``
+            (``None`` for learned prompts), and the automatic point prompts: coords ``(B, 2 * auto_points, 2)``
+            and labels ``(B, 2 * auto_points)`` (empty, ``P = 0``, for learned prompts).
         """
         size = tuple(image.shape[-2:])
-        embeddings = self.image_embeddings(image)
-        coarse = self.coarse_logits(embeddings)
+        features = self.image_features(image)
+        if self.prompt_tokens is not None:
+            logits, ious = self.decode(features, size=size)
+            empty = image.new_zeros(len(image), 0, 2)
+            return logits, ious, None, empty, empty[..., 0].long()
+        coarse = self.coarse_logits(features)
         coords, labels = select_point_prompts(coarse, self.hparams["auto_points"], self.img_size, size)
-        token = masked_mean_embedding(embeddings, coarse)[:, None]  # (B, 1, C)
-        logits, ious = self.decode(embeddings, coords, labels, None, size, extra_tokens=token)
+        logits, ious = self.decode(features, coords, labels, None, size, coarse_logits=coarse)
         return logits, ious, coarse, coords, labels
 
     @torch.no_grad()
     def predict_with_prompts(self, image: Tensor, points: Tensor | None = None, labels: Tensor | None = None,
                              boxes: Tensor | None = None, image_id: str | None = None) -> tuple[Tensor, Tensor]:
-        """Interactive use: ``N`` prompt sets on one image, its embedding cached between calls.
+        """Interactive use: ``N`` prompt sets on one image, its features cached between calls.
 
         Args:
             image: ``(C, H, W)`` or ``(1, C, H, W)`` raw values.
@@ -430,13 +578,15 @@ class PromptableSegmentationTask(BaseTask):
             boxes = boxes[None]
         count = len(points) if points is not None else len(boxes) if boxes is not None else 1
         key = image_id or self.cache.key(image)
-        embedding = self.cache.get(key)
-        if embedding is None:
-            embedding = self.image_embeddings(image[None].to(self.input_mean.device))
-            self.cache.put(key, embedding)
-        device = embedding.device
+        features = self.cache.get(key)
+        if features is None:
+            features = self.image_features(image[None].to(self.input_mean.device))
+            self.cache.put(key, features)
+        device = features.embedding.device
         points, labels, boxes = (t.to(device) if t is not None else None for t in (points, labels, boxes))
-        return self.decode(embedding.expand(count, -1, -1, -1), points, labels, boxes, image.shape[-2:])
+        if points is None and boxes is None and not self.automatic:
+            _check_prompts(count, points, labels, boxes)
+        return self.decode(features.expand(count), points, labels, boxes, image.shape[-2:])
 
     # ---- training ----------------------------------------------------------------------------------------
     def targets(self, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -467,10 +617,11 @@ class PromptableSegmentationTask(BaseTask):
             boxes = torch.full((len(image), 4), float("nan"), device=image.device)
             per_mask = self.losses(logits, target, ignore)
             best = per_mask.argmin(dim=1)
-            coarse_up = F.interpolate(coarse, size=(self.img_size, self.img_size), mode="bilinear",
-                                      align_corners=False)[..., : image.shape[-2], : image.shape[-1]]
-            loss = (per_mask.gather(1, best[:, None]).mean()
-                    + self.hparams["coarse_weight"] * self.losses(coarse_up, target, ignore).mean())
+            loss = per_mask.gather(1, best[:, None]).mean()
+            if coarse is not None:  # MapSAM: the same loss on the coarse mask
+                coarse_up = F.interpolate(coarse, size=(self.img_size, self.img_size), mode="bilinear",
+                                          align_corners=False)[..., : image.shape[-2], : image.shape[-1]]
+                loss = loss + self.hparams["coarse_weight"] * self.losses(coarse_up, target, ignore).mean()
             return self._score_and_log(stage, loss, image, logits, best, target, ignore, coords, labels, boxes)
         generator = None if stage == "train" else torch.Generator().manual_seed(0)  # fixed prompts for eval
         prompts = self.sampler(target, generator=generator, ignore=ignore)

@@ -78,7 +78,7 @@ def test_bad_prompts_are_named(task):
 
 
 def test_non_sam_backbone_and_bad_options_are_refused():
-    with pytest.raises(ValueError, match="needs a SAM backbone"):
+    with pytest.raises(ValueError, match="needs a SAM or SAM 2 backbone"):
         PromptableSegmentationTask(backbone="efficientnet_lite0_test", **STATS)
     with pytest.raises(ValueError, match="mask_decoder must be"):
         make_task(mask_decoder="adapter")
@@ -194,22 +194,22 @@ def test_encoder_only_weights_file_is_refused(tmp_path):
 
 
 # ---- automatic (MapSAM prompt-free) prompting -------------------------------------------------------------
-def test_select_point_prompts_picks_top_and_bottom_cells():
+def test_select_point_prompts_picks_top_and_bottom_pixels_of_the_upsampled_map():
     coarse = torch.zeros(2, 1, 4, 4)
-    coarse[0, 0, 1, 2], coarse[0, 0, 3, 0] = 5.0, 4.0  # top two: (row 1, col 2), (row 3, col 0)
-    coarse[0, 0, 0, 0], coarse[0, 0, 2, 3] = -5.0, -4.0  # lowest two
-    coarse[1, 0, 0, 1], coarse[1, 0, 2, 2] = 3.0, 2.0
-    coarse[1, 0, 3, 3], coarse[1, 0, 1, 0] = -3.0, -2.0
-    coords, labels = select_point_prompts(coarse, 2, SIZE)  # 16-pixel cells: centres at 8, 24, 40, 56
-    expected = torch.tensor([[[40.0, 24.0], [8.0, 56.0], [8.0, 8.0], [56.0, 40.0]],
-                             [[24.0, 8.0], [40.0, 40.0], [56.0, 56.0], [8.0, 24.0]]])
-    torch.testing.assert_close(coords, expected)
+    coarse[0, 0, 1, 2], coarse[0, 0, 3, 0] = 5.0, -5.0  # peak in cell (row 1, col 2), trough in (3, 0)
+    coarse[1, 0, 0, 1], coarse[1, 0, 2, 3] = 3.0, -3.0
+    coords, labels = select_point_prompts(coarse, 2, SIZE)  # 16-pixel cells
+    cells = (coords // 16).long()  # (x, y) cell of every point
+    assert cells[0, :2].tolist() == [[2, 1]] * 2 and cells[0, 2:].tolist() == [[0, 3]] * 2
+    assert cells[1, :2].tolist() == [[1, 0]] * 2 and cells[1, 2:].tolist() == [[3, 2]] * 2
     assert labels.tolist() == [[1, 1, 0, 0]] * 2
-    # cells whose centre is outside the unpadded input are skipped: 40 x 40 leaves rows / columns 0-1 (4 cells)
+    # the two picks of a sign are neighbouring pixels around the cell centre, as MapSAM's
+    assert (coords[:, 0] - coords[:, 1]).abs().sum(-1).max() <= 2
+    # only pixels of the unpadded input are picked: the trough of image 1 lies outside 40 x 40
     coords, _ = select_point_prompts(coarse, 1, SIZE, size=(40, 40))
     assert (coords < 40).all()
     with pytest.raises(ValueError, match="auto_points"):
-        select_point_prompts(coarse, 9, SIZE, size=(40, 40))
+        select_point_prompts(coarse, 40 * 40 + 1, SIZE, size=(40, 40))
 
 
 def test_masked_mean_embedding():
@@ -275,7 +275,7 @@ def test_automatic_adapter_checkpoint_keeps_the_coarse_head(tmp_path):
                 p.normal_(0, 0.2)
     loaded = load_task(save_adapter(task, tmp_path / "adapter.safetensors")).eval()
     assert not loaded.needs_prompts
-    torch.testing.assert_close(loaded.coarse_head.weight, task.coarse_head.weight)
+    torch.testing.assert_close(loaded.coarse_head.state_dict(), task.coarse_head.state_dict())
     image = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(image), task(image))
