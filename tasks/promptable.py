@@ -344,7 +344,8 @@ class PromptableSegmentationTask(BaseTask):
 
             parts = build_sam2_prompt_decoder(self.backbone, hp["weights"], img_size=self._img_size)
             self.prompt_encoder, self.mask_decoder = parts.prompt_encoder, parts.mask_decoder
-            self.register_buffer("no_mem_embed", parts.no_mem_embed.detach().clone())
+            no_mem = parts.no_mem_embed.detach().clone()
+            self.register_buffer("no_mem_embed", no_mem if parts.add_no_mem_embed else torch.zeros_like(no_mem))
         else:
             raise ValueError(f"PromptableSegmentationTask needs a SAM or SAM 2 backbone (sam_vit_b, sam2.1_hiera_b+, "
                              f"..., sam_test, sam2_test), got {hp['backbone']!r}")
