@@ -206,3 +206,33 @@ def test_adapter_files_leave_out_the_frozen_prompt_encoder_and_decoder(tmp_path)
     box = torch.tensor([[4.0, 4.0, 40.0, 40.0]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(image, boxes=box), norms.eval()(image, boxes=box))
+
+
+# ---- the shipped configs' trainable parameters on the real SAM ViT-B (meta device: shapes only) -------------
+def test_mapsam_and_salt_configs_train_the_papers_parts_on_sam_vit_b():
+    from pathlib import Path
+
+    from vadapt.config import task_from_config_file
+
+    configs = Path(__file__).parents[1] / "configs"
+
+    def parts(task) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, p in task.named_parameters():
+            if p.requires_grad:
+                counts[name.split(".")[0]] = counts.get(name.split(".")[0], 0) + p.numel()
+        return counts
+
+    with torch.device("meta"):
+        mapsam = parts(task_from_config_file(str(configs / "mapsam_sam_vitb_roads.yaml"), weights=None))
+        salt_task = task_from_config_file(str(configs / "salt_sam_vitb_kvasir.yaml"), weights=None)
+    dim, rank = 768, 4
+    dora = 12 * 2 * (rank * dim + dim * rank + dim)  # q and v of 12 blocks: A, B and a magnitude per output row
+    spgen = (256 * 64 + 64) + 2 * 64 + (64 * 16 + 16) + 2 * 16 + (16 + 1)  # conv, LayerNorm2d, conv, LN, conv
+    assert mapsam["backbone"] == dora == 165_888  # MapSAM's official DoRA count (r=4, q and v)
+    assert mapsam["coarse_head"] == 4 * spgen == 70_660  # four SPGen heads, as the official code
+    assert mapsam["prompt_encoder"] == 6_220 and mapsam["mask_decoder"] == 4_058_340  # all of SAM's decoder
+    salt = parts(salt_task)
+    assert salt["backbone"] == 8_959_968  # the official SAM (ViT) SALT setting, see tests/test_salt.py
+    assert salt["prompt_tokens"] == 256
+    assert salt["mask_decoder"] == sum(p.numel() for n, p in salt_task.mask_decoder.named_parameters() if "norm" in n)
