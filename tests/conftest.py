@@ -37,3 +37,19 @@ def scene_npz(tmp_path: Path) -> Path:
 def _run_from_repo_root(monkeypatch) -> None:
     """Configs name data/ relative to the repository, as users run them from there."""
     monkeypatch.chdir(REPO)
+
+
+def train_steps(task, batch: dict, steps: int, lr: float = 3e-3) -> list[float]:
+    """``steps`` AdamW steps of ``task._shared_step(batch, "train")`` on the trainable parameters; the losses."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=lr)
+    task.train()
+    losses = []
+    for _ in range(steps):
+        loss = task._shared_step(batch, "train")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import train_steps
 from safetensors.torch import load_file
 
 from vadapt.adapters import QVDoraConfig, SaltConfig
@@ -159,16 +160,7 @@ def test_learned_prompt_with_salt_trains_salt_the_token_and_the_decoder_and_lear
     task = PromptableSegmentationTask(backbone="sam_test", adapter=SaltConfig(r=4, lora_r=4), prompting="learned",
                                       mask_decoder="train", **STATS)
     frozen = {n: p.detach().clone() for n, p in task.named_parameters() if not p.requires_grad}
-    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
-    batch = square_batch()
-    task.train()
-    losses = []
-    for _ in range(25):
-        loss = task._shared_step(batch, "train")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(task, square_batch(), 25)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
     for n, p in task.named_parameters():
         if n in frozen:
@@ -194,7 +186,7 @@ def test_adapter_files_leave_out_the_frozen_prompt_encoder_and_decoder(tmp_path)
     assert keys and not any(k.startswith(("mask_decoder.", "prompt_encoder.")) for k in keys)
     norms = make_task(weights=weights, mask_decoder="norms")
     with torch.no_grad():
-        for n, p in norms.named_parameters():
+        for p in norms.parameters():
             if p.requires_grad:
                 p.add_(0.1)
     path = save_adapter(norms, tmp_path / "norms.safetensors")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import train_steps
 
 from vadapt.adapters import QVDoraConfig
 from vadapt.checkpoint import load_task, save_adapter
@@ -239,16 +240,7 @@ def test_automatic_training_loss_falls_coarse_head_trains_encoder_frozen():
     assert trainable(task) == {"backbone", "mask_decoder", "coarse_head"}
     encoder = {n: p.detach().clone() for n, p in task.backbone.named_parameters() if not p.requires_grad}
     head = {n: p.detach().clone() for n, p in task.coarse_head.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
-    batch = square_batch(2)
-    task.train()
-    losses = []
-    for _ in range(30):
-        loss = task._shared_step(batch, "train")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(task, square_batch(2), 30)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     for n, p in task.backbone.named_parameters():
         if n in encoder:

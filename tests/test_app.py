@@ -1,0 +1,360 @@
+"""The Gradio demo's logic without a browser: limits, image reading, checkpoints, segment / prompt / change."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+from vadapt.adapters import LoraConfig
+from vadapt.app import AppError, Limits, demo_files, export, images, render
+from vadapt.app.checkpoints import find_checkpoints, sidecar_weights
+from vadapt.app.prompts import MODES, PromptState, prompt_mask
+from vadapt.app.service import Demo
+from vadapt.checkpoint import save_adapter
+from vadapt.tasks import ChangeDetectionTask, PromptableSegmentationTask, SemanticSegmentationTask
+
+BANDS = ("blue", "green", "red", "nir")
+RGB = ("red", "green", "blue")
+
+
+def _randomise(task: torch.nn.Module) -> None:
+    with torch.no_grad():  # a "trained" adapter: random, non-zero trainable weights
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> Path:
+    """Tiny checkpoints of the three kinds, as a user's --checkpoints folder (SAM with its weights beside it)."""
+    from vadapt.backbones import create_backbone
+
+    folder = tmp_path_factory.mktemp("ckpts")
+    weights = folder / "effnet_test.pth"
+    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
+    seg = SemanticSegmentationTask(backbone="efficientnet_lite0_test", weights=str(weights), bands=BANDS,
+                                   num_classes=3, class_names=["clear", "cloud", "<shadow>"], head="fpn",
+                                   adapter=LoraConfig(r=4), mean=[0.2] * 4, std=[0.1] * 4)
+    _randomise(seg)
+    save_adapter(seg, folder / "seg" / "seg.safetensors")
+    cd = ChangeDetectionTask(backbone="efficientnet_lite0_test", weights=str(weights), bands=RGB,
+                             adapter=LoraConfig(r=4), decoder_channels=16, mean=[120.0] * 3, std=[60.0] * 3)
+    _randomise(cd)
+    save_adapter(cd, folder / "change.safetensors")
+    torch.manual_seed(0)
+    source = PromptableSegmentationTask(backbone="sam_test", adapter=None, mask_decoder="frozen",
+                                        mean=[120.0] * 3, std=[60.0] * 3)
+    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
+    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
+    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "sam.weights.safetensors"))
+    sam = PromptableSegmentationTask(backbone="sam_test", weights=str(folder / "sam.weights.safetensors"),
+                                     adapter=LoraConfig(r=4), mean=[120.0] * 3, std=[60.0] * 3)
+    _randomise(sam)
+    save_adapter(sam, folder / "sam.safetensors")
+    (folder / "notes.safetensors").write_bytes(b"not a checkpoint")
+    return folder
+
+
+@pytest.fixture()
+def demo(ckpt_dir, tmp_path) -> Demo:
+    found, _ = find_checkpoints([ckpt_dir])
+    return Demo(found, Limits(), tmp_path / "work")
+
+
+def write_geotiff(path: Path, array: np.ndarray, names: tuple[str, ...] | None, nodata: float | None = None) -> Path:
+    profile = {"driver": "GTiff", "height": array.shape[1], "width": array.shape[2], "count": len(array),
+               "dtype": "float32", "crs": "EPSG:32633", "transform": from_origin(300000, 5000000, 10, 10)}
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array.astype(np.float32))
+        if names:
+            dst.descriptions = names
+    return path
+
+
+def label_of(demo: Demo, name: str) -> str:
+    return next(label for label, info in demo.checkpoints.items() if info.path.name == name)
+
+
+# ---- limits and reading ----------------------------------------------------------------------------------
+def test_pixel_and_file_size_limits_are_clear_messages(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(path)
+    with pytest.raises(AppError, match=r"120x100 = 12,000 pixels; this demo accepts up to 5,000"):
+        images.load_image(path, Limits(max_pixels=5000))
+    with pytest.raises(AppError, match="accepts files up to 0.0001 MB"):
+        images.load_image(path, Limits(max_upload_mb=0.0001))
+    with pytest.raises(AppError, match="cannot read broken.tif"):
+        (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+        images.load_image(tmp_path / "broken.tif", Limits())
+
+
+def test_geotiff_keeps_band_names_georeference_and_nodata(tmp_path):
+    array = np.random.default_rng(0).random((4, 20, 30)).astype(np.float32)
+    array[:, :2, :3] = -1
+    path = write_geotiff(tmp_path / "s2.tif", array, ("B02", "B03", "B04", "B08"), nodata=-1)
+    image = images.load_image(path, Limits())
+    assert image.names == BANDS and image.shape == (20, 30)
+    assert image.invalid[:2, :3].all() and image.invalid.sum() == 6
+    assert image.georef["crs"].to_epsg() == 32633
+    np.testing.assert_array_equal(images.model_input(image, ["red", "nir"]), array[[2, 3]] * ~image.invalid)
+
+
+def test_unnamed_bands_need_names_or_the_right_count(tmp_path):
+    path = write_geotiff(tmp_path / "plain.tif", np.ones((4, 8, 8)), None)
+    image = images.load_image(path, Limits())
+    assert image.names is None and image.band_labels()[0] == "band 1"
+    assert images.model_input(image, list(BANDS)).shape == (4, 8, 8)  # same count: taken in order
+    with pytest.raises(AppError, match="4 unnamed bands; the checkpoint needs 3"):
+        images.model_input(image, list(RGB))
+    named = images.load_image(path, Limits(), images.parse_band_names("blue, green; red, nir"))
+    assert named.names == BANDS
+    with pytest.raises(AppError, match="4 bands but 2 band names"):
+        images.load_image(path, Limits(), ["red", "green"])
+
+
+def test_png_is_rgb_and_missing_bands_are_named(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((10, 12), 7, np.uint8), mode="L").save(path)  # grey becomes RGB
+    image = images.load_image(path, Limits())
+    assert image.names == RGB and image.georef is None
+    with pytest.raises(AppError, match=r"needs blue, green, red, nir \(missing: nir\)"):
+        images.model_input(image, list(BANDS))
+
+
+def test_composite_uses_the_selected_bands(tmp_path):
+    rng = np.random.default_rng(1)
+    array = rng.random((4, 16, 16)).astype(np.float32)
+    image = images.load_image(write_geotiff(tmp_path / "a.tif", array, BANDS), Limits())
+    assert image.default_rgb() == ["red", "green", "blue"]
+    natural, false_colour = images.composite(image), images.composite(image, ["nir", "red", "green"])
+    assert natural.shape == (16, 16, 3) and natural.dtype == np.uint8
+    np.testing.assert_array_equal(false_colour[..., 1], natural[..., 0])  # red is shown as green now
+    with pytest.raises(AppError, match="pick three"):
+        images.composite(image, ["nir", "swir16", "red"])
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+def test_checkpoints_are_listed_with_task_backbone_and_trainable_count(demo, ckpt_dir):
+    assert len(demo.checkpoints) == 3  # notes.safetensors and the SAM weights file are not offered
+    seg = demo.checkpoints[label_of(demo, "seg.safetensors")]
+    assert re.fullmatch(r"seg/seg\.safetensors \| SemanticSegmentationTask \| efficientnet_lite0_test \| "
+                        r"[\d,]+ trainable", seg.label)
+    assert demo.choices("segment") == [seg.label]
+    assert [demo.checkpoints[c].path.name for c in demo.choices("prompt")] == ["sam.safetensors"]
+    assert [demo.checkpoints[c].path.name for c in demo.choices("change")] == ["change.safetensors"]
+    assert sidecar_weights(ckpt_dir / "sam.safetensors") == ckpt_dir / "sam.weights.safetensors"
+    assert "trainable parameters" in demo.describe(seg.label) and "nir" in demo.describe(seg.label)
+
+
+def test_a_request_cannot_name_a_server_path_or_another_kind(demo, ckpt_dir):
+    for bad in ("/etc/passwd", str(ckpt_dir / "seg" / "seg.safetensors"), "../seg.safetensors"):
+        with pytest.raises(AppError, match="unknown checkpoint"):
+            demo.checkpoint(bad, "segment")
+    with pytest.raises(AppError, match="this tab needs another kind"):
+        demo.checkpoint(label_of(demo, "change.safetensors"), "segment")
+    with pytest.raises(AppError, match="no image yet"):
+        demo.image("0123")
+
+
+# ---- segment ----------------------------------------------------------------------------------------------
+def test_segment_tiles_any_size_and_exports_a_georeferenced_mask(demo, tmp_path):
+    array = np.random.default_rng(2).random((4, 70, 600)).astype(np.float32)  # wider than one 512 tile
+    array[:, :5, :5] = -1
+    image_id, _ = demo.upload(str(write_geotiff(tmp_path / "scene 1.tif", array, BANDS, nodata=-1)))
+    result = demo.segment(image_id, label_of(demo, "seg.safetensors"), opacity=0.5)
+    with rasterio.open(result.mask_path) as src:
+        mask = src.read(1)
+        assert src.crs.to_epsg() == 32633 and src.transform == from_origin(300000, 5000000, 10, 10)
+    assert result.mask_path.name == "scene_1_mask.tif" and mask.shape == (70, 600)
+    assert (mask[:5, :5] == 255).all() and set(np.unique(mask[5:])) <= {0, 1, 2}
+    assert result.overlay.shape == (70, 600, 3)
+    assert "&lt;shadow&gt;" in result.legend and "%" in result.summary
+    # redraw without the model: opacity 0 is the composite itself
+    plain = demo.segment_overlay(result.result_id, ["nir", "red", "green"], 0.0)
+    np.testing.assert_array_equal(plain, demo.preview(image_id, ["nir", "red", "green"]))
+    png = demo.segment(image_id, label_of(demo, "seg.safetensors"), geotiff=False).mask_path
+    assert png.suffix == ".png" and np.array_equal(np.asarray(Image.open(png)), mask)
+
+
+def test_segment_equals_the_model_on_a_single_tile(demo, tmp_path):
+    from vadapt.checkpoint import load_task
+
+    array = np.random.default_rng(3).random((4, 64, 96)).astype(np.float32)
+    image_id, _ = demo.upload(str(write_geotiff(tmp_path / "small.tif", array, BANDS)))
+    info = demo.checkpoints[label_of(demo, "seg.safetensors")]
+    mask = np.asarray(Image.open(demo.segment(image_id, info.label, geotiff=False).mask_path))
+    with torch.no_grad():
+        expected = load_task(info.path).eval()(torch.from_numpy(array)[None]).argmax(1)[0].numpy()
+    assert (mask == expected).mean() > 0.999  # LoRA merged + BN folded in the app: float rounding only
+
+
+def test_legend_lists_every_class_with_its_colour():
+    html = render.legend_html(["clear", "cloud"], np.array([3, 1]))
+    assert "rgb(31,119,180)" in html and "rgb(255,127,14)" in html and "cloud 25.0 %" in html
+
+
+def test_download_names_are_sanitised(tmp_path):
+    assert export.safe_stem("../../etc/pass wd.png") == "pass_wd"
+    path = export.save_mask(np.zeros((4, 4), np.uint8), tmp_path, "../x.tif", None)
+    assert path.parent == tmp_path
+
+
+# ---- prompt ----------------------------------------------------------------------------------------------
+def test_prompt_state_points_box_undo_clear():
+    state = PromptState("img")
+    state.click(5, 6, MODES[0])
+    state.click(7, 8, MODES[1])
+    assert state.points == [(5, 6), (7, 8)] and state.labels == [1, 0]
+    state.click(30, 2, MODES[2])
+    assert state.corner == (30, 2) and state.box is None
+    state.click(10, 20, MODES[2])
+    assert state.box == (10, 2, 30, 20) and state.corner is None
+    state.undo()
+    assert state.box is None and state.corner == (30, 2)
+    state.undo()
+    state.undo()
+    assert state.points == [(5, 6)] and state.labels == [1]
+    state.clear()
+    assert not state.has_prompt and state.history == []
+    state.undo()  # nothing to undo: no error
+
+
+def test_prompt_encodes_once_per_image_then_only_decodes(demo, tmp_path):
+    rgb = np.random.default_rng(4).integers(0, 255, (150, 100, 3), dtype=np.uint8)  # larger than sam_test's 64
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    image_id, _ = demo.upload(str(tmp_path / "photo.png"))
+    label = label_of(demo, "sam.safetensors")
+    task = demo.models.task(demo.checkpoints[label])
+    calls = []  # image encoder runs
+    hook = task.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
+    state = demo.prompt_start(image_id)
+    picture, text = demo.prompt_view(state, label)
+    assert picture.shape == (150, 100, 3) and "Click" in text and not calls  # nothing to decode yet
+    state.click(50, 75, MODES[0])
+    first, text = demo.prompt_view(state, label)
+    assert "image encoded" in text and calls == [(1, 3, 64, 64)]  # resized (longest side 64), padded to 64
+    state.click(10, 10, MODES[1])
+    _, text = demo.prompt_view(state, label)
+    assert "decoder only" in text and "2 point(s)" in text and len(calls) == 1
+    # the app's mask is SAM's best mask on the resized image, upsampled back
+    image = images.model_input(demo.image(image_id), list(RGB))
+    result = prompt_mask(task, image, state, image_id)
+    assert result.mask.shape == (150, 100) and not result.encoded and len(calls) == 1
+    with pytest.raises(AppError, match="click on the image"):
+        prompt_mask(task, image, PromptState(image_id), image_id)
+    hook.remove()
+
+
+# ---- change ------------------------------------------------------------------------------------------------
+def test_change_gives_a_mask_and_the_changed_share(demo, tmp_path):
+    rng = np.random.default_rng(5)
+    before = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    after = before.copy()
+    after[10:30, 10:30] = 255 - after[10:30, 10:30]
+    Image.fromarray(before).save(tmp_path / "a.png")
+    Image.fromarray(after).save(tmp_path / "b.png")
+    label = label_of(demo, "change.safetensors")
+    result = demo.change(demo.upload(str(tmp_path / "a.png"))[0], demo.upload(str(tmp_path / "b.png"))[0], label)
+    mask = np.asarray(Image.open(result.mask_path))
+    assert mask.shape == (40, 50) and set(np.unique(mask)) <= {0, 1}
+    assert result.percent == pytest.approx(100 * (mask == 1).mean()) and "changed:" in result.summary
+    Image.fromarray(before[:20]).save(tmp_path / "c.png")
+    with pytest.raises(AppError, match="differ in size"):
+        demo.change(demo.upload(str(tmp_path / "a.png"))[0], demo.upload(str(tmp_path / "c.png"))[0], label)
+    assert "--input-a before/" in demo.batch_help(label)
+
+
+# ---- page and command ----------------------------------------------------------------------------------------
+def test_page_builds_offline_and_errors_are_short_messages(demo):
+    import gradio as gr
+
+    from vadapt.app import ui
+
+    page = ui.build(demo)
+    assert isinstance(page, gr.Blocks) and not page.analytics_enabled
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert all(not hasattr(f, "stylesheet") or "googleapis" not in str(f.stylesheet())
+               for f in ui.offline_theme()._font + ui.offline_theme()._font_mono)
+
+    def fails(kind):
+        raise AppError("bad file") if kind == "app" else KeyError("x" * 1000)
+
+    with pytest.raises(gr.Error) as info:
+        ui.shown(fails)("app")
+    assert info.value.message == "bad file"
+    with pytest.raises(gr.Error) as info:
+        ui.shown(fails)("other")
+    assert info.value.message.startswith("unexpected error (KeyError)") and len(info.value.message) < 300
+
+
+def test_demo_subcommand_parses_and_app_is_not_imported_by_the_library():
+    import argparse
+
+    from vadapt.app.main import add_arguments
+    from vadapt.cli import _parser
+
+    argv = ["--checkpoints", "a", "--checkpoints", "b", "--port", "0"]
+    args = _parser().parse_args(["demo", *argv])
+    assert args.checkpoints == ["a", "b"] and args.host == "127.0.0.1" and not args.share
+    module = argparse.ArgumentParser()
+    add_arguments(module)  # `python -m vadapt.app` takes the same options with the same defaults
+    assert vars(module.parse_args(argv)) == {k: v for k, v in vars(args).items() if k != "command"}
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("vadapt", "tasks", "backbones"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text()
+            if path.name == "cli.py":
+                text = text.split("def run_demo", 1)[0]  # the one lazy import, inside the demo's branch
+            assert not re.search(r"(from|import) vadapt\.app|from \.+app import", text), path
+
+
+def test_shipped_demo_checkpoints_are_small_and_reload_identically():
+    from vadapt.checkpoint import load_task
+
+    folder = demo_files.SHIPPED_DIR
+    if demo_files.missing(folder):
+        pytest.skip(f"data/demo lacks {demo_files.missing(folder)} (build: python -m vadapt.app.demo_files)")
+    found, _ = find_checkpoints([folder])
+    assert sorted(c.path.name for c in found) == sorted(demo_files.CHECKPOINTS)
+    assert all(c.path.stat().st_size < 2_000_000 for c in found)
+    sam = folder / demo_files.SAM
+    weights = str(sidecar_weights(sam))
+    image, points = torch.rand(3, 100, 120) * 255, torch.tensor([[30.0, 40.0]])
+    masks = [load_task(sam, weights=weights).eval().predict_with_prompts(image, points, torch.tensor([1]))[0]
+             for _ in range(2)]
+    torch.testing.assert_close(masks[0], masks[1])  # frozen random weights come from the file, not a seed
+
+
+def test_missing_demo_checkpoints_are_built_into_the_cache_once(tmp_path, monkeypatch):
+    shipped, cache, built = tmp_path / "shipped", tmp_path / "cache", []
+    monkeypatch.setattr(demo_files, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(demo_files, "CACHE_DIR", cache)
+
+    def build(folder, names, progress):
+        built.append(sorted(names))
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / name).write_bytes(b"")
+
+    monkeypatch.setattr(demo_files, "build", build)
+    messages = []
+    assert demo_files.ensure_defaults(messages.append) == cache
+    assert built == [sorted(demo_files.missing(tmp_path / "empty"))] and "first start" in messages[0]
+    assert demo_files.ensure_defaults(messages.append) == cache and len(built) == 1  # once
+    shipped.mkdir()
+    for name in demo_files.missing(shipped):
+        (shipped / name).write_bytes(b"")
+    assert demo_files.ensure_defaults() == shipped
