@@ -48,7 +48,26 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
                         help="example input size for --onnx (default 224 224)")
     _add_infer(sub)
+    _add_demo(sub)
     return parser
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    # the app (with gradio) is imported only when the subcommand runs (run_demo)
+    demo = sub.add_parser("demo", help="interactive web demo of adapter checkpoints (Gradio; needs the [app] extra)",
+                          description="Serve a local web page to try adapter checkpoints: segment, prompt (SAM), "
+                          "change detection. Without --checkpoints it uses the built-in demo checkpoints.")
+    demo.add_argument("--checkpoints", action="append", metavar="DIR",
+                      help="folder searched (recursively) for adapter .safetensors; repeatable (default: the "
+                      "built-in demo checkpoints in data/demo, built on first start if absent)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
+    demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.add_argument("--share", action="store_true",
+                      help="also open a public *.gradio.live link (off by default; needs internet)")
+    demo.add_argument("--max-upload-mb", type=float, default=100.0, help="largest uploaded file in MB (default 100)")
+    demo.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                      help="largest image in pixels, height x width (default 16,777,216)")
 
 
 def _add_infer(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +84,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--input-b", help="change detection: folder of 'after' images (paired by name)")
     infer.add_argument("--output", required=True, help="output folder")
     infer.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
-    infer.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (default 64)")
+    infer.add_argument("--overlap", type=int, default=None,
+                       help="tile overlap in pixels (default 64, or a quarter of a smaller tile)")
     infer.add_argument("--batch-size", type=int, help="tiles per forward pass (default 1 on CPU, 8 on GPU)")
     infer.add_argument("--num-workers", type=int, default=1, help="decoding processes (default 1; 0 = none)")
     infer.add_argument("--model-threads", type=int, help="batches in the model at once (default 2 on CPU, 1 on GPU)")
@@ -113,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with torch.device("meta"):  # counts need shapes only: no weight file, no memory
                 counts = task_from_config_file(args.config, weights=None).parameter_counts()
-        except (RuntimeError, NotImplementedError):  # a constructor that reads values (SAM 2's Hiera calls .item())
+        except Exception:  # noqa: BLE001 - a constructor that reads values (SAM 2's Hiera calls .item(), which
+            # hydra re-raises as its own error): build on the CPU, where a real error shows itself
             counts = task_from_config_file(args.config, weights=None).parameter_counts()
         print(json.dumps(counts) if args.json else format_table(counts))
     elif args.command == "stats":
@@ -128,16 +149,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line)
     elif args.command == "infer":
         return run_infer(args)
+    elif args.command == "demo":
+        return run_demo(args)
     return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+
+        from vadapt.app.main import run
+    except ImportError as exc:
+        print(f"error: the demo needs Gradio ({exc}); install it with: pip install -e \".[app]\"", file=sys.stderr)
+        return 2
+    return run(args)
 
 
 def run_infer(args: argparse.Namespace) -> int:
     from vadapt.checkpoint import AdapterCheckpointError
     from vadapt.inference import infer
+    overlap = min(64, args.tile // 4) if args.overlap is None else args.overlap
     try:
         report = infer(
             args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
-            tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, num_workers=args.num_workers,
+            tile=args.tile, overlap=overlap, batch_size=args.batch_size, num_workers=args.num_workers,
             device=args.device, precision=args.precision, model_threads=args.model_threads, format=args.format,
             probabilities=args.probabilities, overlay=args.overlay,
             overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,

@@ -1,0 +1,130 @@
+"""Finding adapter checkpoints under the configured folders and keeping the loaded models."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .limits import AppError
+
+KINDS = ("segment", "prompt", "change")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One adapter checkpoint the app offers, from its manifest (no model is built to list it)."""
+
+    path: Path
+    label: str
+    task: str
+    backbone: str
+    trainable: int
+    kinds: frozenset[str]
+    bands: tuple[str, ...]
+    class_names: tuple[str, ...] = field(default=())
+    num_classes: int = 2
+
+
+def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
+    """Which tabs a checkpoint belongs to: change detection, promptable SAM (``prompt``; also ``segment`` when it
+    segments automatically), or semantic segmentation."""
+    task = manifest["task"].rsplit(".", 1)[-1]
+    if task == "ChangeDetectionTask":
+        return frozenset({"change"})
+    if task == "PromptableSegmentationTask":
+        automatic = manifest["init_args"].get("prompting", "sampled") == "automatic"
+        return frozenset({"prompt", "segment"} if automatic else {"prompt"})
+    return frozenset({"segment"})
+
+
+def describe(path: Path, root: Path, manifest: dict[str, Any]) -> CheckpointInfo:
+    task = manifest["task"].rsplit(".", 1)[-1]
+    backbone = manifest["backbone"].get("name") or manifest["init_args"].get("backbone", "?")
+    trainable = int(manifest.get("parameters", {}).get("trainable", 0))
+    try:
+        shown = path.relative_to(root)
+    except ValueError:
+        shown = Path(path.name)
+    kinds = kinds_of(manifest)
+    names = tuple(manifest.get("class_names") or ())
+    num_classes = int(manifest["init_args"].get("num_classes") or (len(names) if names else 2))
+    if "prompt" in kinds:
+        names, num_classes = ("background", "object"), 2
+    elif not names:
+        names = tuple(f"class {i}" for i in range(num_classes))
+    label = f"{shown} | {task} | {backbone} | {trainable:,} trainable"
+    return CheckpointInfo(path, label, task, backbone, trainable, kinds, tuple(manifest["bands"]), names,
+                          num_classes)
+
+
+def find_checkpoints(folders: list[Path]) -> tuple[list[CheckpointInfo], list[str]]:
+    """Every vadapt adapter checkpoint (``*.safetensors`` with a manifest) under ``folders``, and one line per
+    file skipped (other safetensors files, e.g. backbone weights, are skipped silently)."""
+    from vadapt.checkpoint import AdapterCheckpointError, read_manifest
+
+    found, skipped = [], []
+    for root in folders:
+        root = Path(root)
+        if not root.is_dir():
+            skipped.append(f"{root}: not a folder")
+            continue
+        for path in sorted(root.rglob("*.safetensors")):
+            try:
+                found.append(describe(path.resolve(), root.resolve(), read_manifest(path)))
+            except AdapterCheckpointError as exc:
+                if "without a vadapt manifest" not in str(exc):
+                    skipped.append(str(exc))
+            except (OSError, KeyError, ValueError) as exc:
+                skipped.append(f"{path}: {exc}")
+    return found, skipped
+
+
+def sidecar_weights(path: Path) -> Path | None:
+    """``NAME.weights.safetensors`` beside ``NAME.safetensors``: the frozen backbone weights of a checkpoint
+    whose backbone has no upstream file (the demo's random-init tiny SAM)."""
+    candidate = path.with_name(path.name.removesuffix(".safetensors") + ".weights.safetensors")
+    return candidate if candidate.is_file() else None
+
+
+class ModelCache:
+    """Loaded models by checkpoint, least recently used dropped first; thread-safe (Gradio runs events in
+    threads). ``task`` is the model as loaded (promptable SAM keeps its embedding cache in it); ``predictor`` is
+    a :class:`vadapt.inference.engine.Predictor` (LoRA merged, batch norms folded) for segmentation and change
+    detection."""
+
+    def __init__(self, maxsize: int = 3) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple[Path, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, key: tuple[Path, str], make: Any) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = make()
+            self._items[key] = value
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+            return value
+
+    @staticmethod
+    def _load(info: CheckpointInfo) -> Any:
+        from vadapt.checkpoint import load_task
+
+        weights = sidecar_weights(info.path)
+        try:
+            return load_task(info.path, weights=str(weights) if weights else None).eval()
+        except Exception as exc:  # noqa: BLE001 - the page shows one sentence, the log keeps the rest
+            raise AppError(f"cannot load {info.path.name}: {str(exc).splitlines()[0][:300]}") from exc
+
+    def task(self, info: CheckpointInfo) -> Any:
+        return self._get((info.path, "task"), lambda: self._load(info))
+
+    def predictor(self, info: CheckpointInfo) -> Any:
+        from vadapt.inference.engine import Predictor
+
+        return self._get((info.path, "predictor"), lambda: Predictor(self._load(info), "cpu"))

@@ -1,0 +1,57 @@
+"""Running checkpoints on whole images: tiled segmentation and change detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .limits import AppError
+
+NODATA = 255  # mask value where the input has no data (as `vadapt infer`)
+
+
+def tile_size(task: torch.nn.Module, default: int = 512) -> int:
+    """Tile side for sliding-window prediction: at most the encoder's input size where it has a fixed one."""
+    img_size = getattr(getattr(task, "backbone", None), "img_size", None)
+    if getattr(task, "needs_prompts", None) is not None and img_size:  # SAM: inputs are padded to img_size
+        return min(int(img_size), default)
+    return default
+
+
+def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray) -> np.ndarray:
+    from vadapt.inference import sliding_window
+
+    height, width = inputs[0].shape[-2:]
+    if min(height, width) < 16:
+        raise AppError(f"the image is {width}x{height} pixels; the models need at least 16x16")
+    x = torch.from_numpy(np.concatenate(inputs, 0)[None].astype(np.float32))
+    tile = tile_size(predictor.task)
+    try:
+        probs = sliding_window(predictor, x, tile=tile, stride=max(tile - 64, tile // 2), blend="ramp",
+                               batch_size=4)
+    except (ValueError, RuntimeError) as exc:
+        raise AppError(f"the model could not run on this image: {str(exc).splitlines()[0][:300]}") from exc
+    mask = probs[0].argmax(0).numpy().astype(np.uint8)
+    mask[invalid] = NODATA
+    return mask
+
+
+def segment(predictor, image: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+    """Class ids ``(H, W)`` uint8 of ``image`` ``(C, H, W)`` (the checkpoint's bands, raw values), tiled with
+    overlap blending at any size; ``255`` where ``invalid``."""
+    invalid = np.zeros(image.shape[1:], dtype=bool) if invalid is None else invalid
+    return _classes(predictor, [image], invalid)
+
+
+def change(predictor, before: np.ndarray, after: np.ndarray, invalid: np.ndarray | None = None
+           ) -> tuple[np.ndarray, float]:
+    """Change mask ``(H, W)`` uint8 (1 changed, 0 not, 255 no data) of two co-registered images and the changed
+    share of the valid pixels in percent."""
+    if before.shape != after.shape:
+        raise AppError(f"the two images differ in size or bands: {before.shape[2]}x{before.shape[1]} with "
+                       f"{before.shape[0]} bands vs {after.shape[2]}x{after.shape[1]} with {after.shape[0]}")
+    invalid = np.zeros(before.shape[1:], dtype=bool) if invalid is None else invalid
+    mask = _classes(predictor, [before, after], invalid)
+    valid = mask != NODATA
+    percent = 100.0 * float((mask[valid] == 1).sum()) / max(int(valid.sum()), 1)
+    return mask, percent
