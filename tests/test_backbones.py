@@ -8,12 +8,14 @@ import torch
 from vadapt.backbones import BACKBONES, create_backbone
 from vadapt.weights import WeightsMismatchError, WeightsNotFoundError
 
-TINY = [name for name in BACKBONES if BACKBONES.get(name).tiny]
+# image backbones; the point-cloud family has its own tests (tests/test_point_mae.py)
+TINY = [name for name in BACKBONES if BACKBONES.get(name).tiny and BACKBONES.get(name).family != "point"]
 REAL = [name for name in BACKBONES if not BACKBONES.get(name).tiny]
 
 
 def test_every_family_has_a_tiny_variant():
-    assert {BACKBONES.get(n).family for n in TINY} == {BACKBONES.get(n).family for n in BACKBONES}
+    tiny = [name for name in BACKBONES if BACKBONES.get(name).tiny]
+    assert {BACKBONES.get(n).family for n in tiny} == {BACKBONES.get(n).family for n in BACKBONES}
     assert len(REAL) >= 5
 
 
