@@ -71,7 +71,8 @@ from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "historical_roads"
-ARMS = ("mapsam", "plain", "full")
+ARMS = ("mapsam", "plain", "full", "plain_balanced")
+DEFAULT_ARMS = ("mapsam", "plain", "full")
 QUAD = 128  # quadrant side (tiles are 256x256)
 
 
@@ -162,22 +163,25 @@ def augment(images: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[
 
 
 # ---- models --------------------------------------------------------------------------------------------------
-def build_task(arm: str, args: argparse.Namespace, mean: list[float], std: list[float]) -> torch.nn.Module:
+def build_task(arm: str, args: argparse.Namespace, info: dict[str, Any]) -> torch.nn.Module:
     from vadapt.adapters import QVDoraConfig
     from vadapt.tasks import PromptableSegmentationTask, SemanticSegmentationTask
 
-    common = {"backbone": args.backbone, "weights": None, "img_size": args.size, "mean": mean, "std": std}
+    common = {"backbone": args.backbone, "weights": None, "img_size": args.size, "mean": info["mean"],
+              "std": info["std"]}
     if arm.startswith("mapsam"):
         return PromptableSegmentationTask(
             **common, adapter=QVDoraConfig(r=4), prompting="automatic", prompt_encoder="train",
             mask_decoder="train", focal_weight=0.2, dice_weight=0.8, lr=arm_lr(arm, args), weight_decay=0.1,
             preview_images=0,
         )
-    plain = arm == "plain"
+    plain = arm.startswith("plain")
+    road = info["train_road_fraction"]  # "balanced" weights (as scikit-learn): n / (2 * count) per class
+    weights = [0.5 / (1 - road), 0.5 / road] if arm == "plain_balanced" else None
     return SemanticSegmentationTask(
         **common, num_classes=2, class_names=["background", "road"], adapter=QVDoraConfig(r=4) if plain else None,
         freeze_backbone=plain, head=args.head, head_channels=args.head_channels, ignore_index=255, lr=1e-3,
-        weight_decay=1e-2, preview_images=0,
+        weight_decay=1e-2, preview_images=0, class_weights=weights,
     )
 
 
@@ -264,7 +268,7 @@ def save_picture(task: torch.nn.Module, test: Split, path: str, count: int = 4) 
 # ---- one arm -------------------------------------------------------------------------------------------------
 def run_arm(arm: str, args: argparse.Namespace, train: Split, test: Split, info: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    task = build_task(arm, args, info["mean"], info["std"])
+    task = build_task(arm, args, info)
     trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in task.parameters())
     optimizer = make_optimizer(arm, task, args)
@@ -325,6 +329,7 @@ def run_arm(arm: str, args: argparse.Namespace, train: Split, test: Split, info:
 LABELS = {
     "mapsam": "(a) MapSAM: automatic prompts, q/v DoRA r=4, PE + decoder trained",
     "plain": "(b) q/v DoRA r=4 + {head} head",
+    "plain_balanced": "(b') as (b), class-balanced cross-entropy",
     "full": "(c) full fine-tuning + {head} head",
 }
 
@@ -362,7 +367,7 @@ def table(results: list[dict[str, Any]], baselines: dict[str, dict[str, float]],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated among {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated among {', '.join(ARMS)}")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default runs/bench_mapsam.json)")
     parser.add_argument("--size", type=int, default=256, help="model input size (quadrants upsampled to it)")

@@ -39,6 +39,7 @@ class SemanticSegmentationTask(BaseTask):
         head: Literal["uper", "fpn", "linear"] = "uper",
         head_channels: int = 256,
         ignore_index: int | None = 255,
+        class_weights: list[float] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         warmup_steps: int = 0,
@@ -62,6 +63,7 @@ class SemanticSegmentationTask(BaseTask):
             head: ``"uper"`` (UPerNet; ViT maps go through a ViTDet pyramid first), ``"fpn"`` (light
                 multi-scale fusion) or ``"linear"`` (linear probe); ``head_channels`` is its width.
             ignore_index: mask value excluded from loss and metrics (255, as in mmsegmentation; None = none).
+            class_weights: per-class cross-entropy weights (e.g. to counter a rare class); ``None``: equal.
             lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay.
             mean, std: per-band input statistics (raw units); default: pretraining RGB statistics.
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
@@ -89,7 +91,12 @@ class SemanticSegmentationTask(BaseTask):
 
     def configure_losses(self) -> None:
         ignore = self.hparams["ignore_index"]
-        self.criterion = nn.CrossEntropyLoss(ignore_index=-100 if ignore is None else ignore)
+        weights = self.hparams.get("class_weights")
+        if weights is not None and (len(weights) != self.hparams["num_classes"] or min(weights) < 0):
+            raise ValueError(f"class_weights needs one value >= 0 per class ({self.hparams['num_classes']}), "
+                             f"got {weights}")
+        weight = None if weights is None else torch.tensor(weights, dtype=torch.float)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=-100 if ignore is None else ignore)
 
     def configure_metrics(self) -> None:
         num_classes, ignore = self.hparams["num_classes"], self.hparams["ignore_index"]

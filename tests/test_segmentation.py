@@ -91,3 +91,19 @@ def test_validation_tiles_count_every_held_out_pixel_once(scene_npz):
     data.setup()
     counted = sum(int((batch["mask"] != 255).sum()) for batch in data.val_dataloader())
     assert counted == 24 * 96  # the bottom quarter of a 96×96 scene, each pixel exactly once
+
+
+def test_class_weights_weigh_the_cross_entropy():
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 2, (2, 32, 32))}
+    kwargs = {"backbone": "vit_patch16_test", "num_classes": 2, "mean": [0.0] * 3, "std": [1.0] * 3, "head": "linear"}
+    plain = SemanticSegmentationTask(**kwargs)
+    torch.manual_seed(0)
+    weighted = SemanticSegmentationTask(**kwargs, class_weights=[1.0, 5.0])
+    weighted.load_state_dict(plain.state_dict(), strict=False)  # same model, only the loss differs
+    logits = plain(batch["image"])
+    expected = torch.nn.functional.cross_entropy(logits, batch["mask"], weight=torch.tensor([1.0, 5.0]))
+    torch.testing.assert_close(weighted.criterion(logits, batch["mask"]), expected)
+    assert not torch.allclose(plain.criterion(logits, batch["mask"]), expected)
+    with pytest.raises(ValueError, match="class_weights needs one value"):
+        SemanticSegmentationTask(**kwargs, class_weights=[1.0])
