@@ -418,10 +418,11 @@ class PointBackbone(nn.Module):
         (x,) = self.run_blocks(x, [len(self.blocks) - 1], call)
         return self.norm(x)
 
-    @staticmethod
-    def pool(tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(B, 1 + G, C)`` -> ``[class token, max over patch tokens]`` ``(B, 2C)`` (the head's input)."""
-        return torch.cat([tokens[:, 0], tokens[:, 1:].amax(dim=1)], dim=-1)
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, P + G, C)`` -> ``[each of the P = num_prefix_tokens prefix tokens, max over patch
+        tokens]`` ``(B, (P + 1) C)`` (the head's input; P = 1: ``[cls, max]``, IDPT's prompt makes P = 2)."""
+        p = self.num_prefix_tokens
+        return torch.cat([*tokens[:, :p].unbind(dim=1), tokens[:, p:].amax(dim=1)], dim=-1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """Cloud ``(B, N, 3)`` -> logits ``(B, num_classes)``, or pooled features ``(B, 2C)`` without a head."""

@@ -2,7 +2,7 @@
 
 ``apply_adapter(backbone, config)`` injects a method in place into a frozen backbone; only the new
 parameters train. ``merge_adapter(backbone, config)`` folds a mergeable method (LoRA / DoRA) back into plain
-weights. Paper adapters (Cloud-Adapter, Earth-Adapter, ...) add their own package and registry row.
+weights. Paper adapters (Cloud-Adapter, Earth-Adapter, IDPT, Point-PEFT, ...) add their own package and registry row.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from .base import ADAPTERS, AdapterConfig, AdapterMethod, find_targets
 from .bottleneck import BottleneckConfig  # each method's package registers itself in ADAPTERS
 from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
+from .idpt import IDPTConfig
 from .lora import LoraConfig
+from .point_peft import PointPEFTConfig
 from .qv_dora import QVDoraConfig
 from .salt import SaltConfig
 from .vpt import VPTConfig
@@ -53,6 +55,6 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
-    "LoraConfig", "QVDoraConfig", "SaltConfig", "VPTConfig",
+    "IDPTConfig", "LoraConfig", "PointPEFTConfig", "QVDoraConfig", "SaltConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]
