@@ -300,6 +300,7 @@ class PointBackbone(nn.Module):
     #: adapters see ``(B, 1 + G, C)`` token sequences, the class token first
     block_layout: str = "tokens"
     num_prefix_tokens: int = 1
+    bands: tuple[str, ...] = ()  # point clouds have no image bands (adapter manifests record the bands)
     lora_targets: tuple[str, ...] = ("qkv",)
     adapter_targets: tuple[str, ...] = ("mlp",)
 

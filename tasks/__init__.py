@@ -2,11 +2,12 @@
 
 from .base import BaseTask
 from .change_detection import ChangeDetectionTask
+from .point_classification import PointClassificationTask
 from .promptable import EmbeddingCache, PromptableSegmentationTask
 from .segmentation import SemanticSegmentationTask
 
 TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask",
-         "vadapt.tasks.PromptableSegmentationTask"]
+         "vadapt.tasks.PromptableSegmentationTask", "vadapt.tasks.PointClassificationTask"]
 
-__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PromptableSegmentationTask",
-           "SemanticSegmentationTask"]
+__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PointClassificationTask",
+           "PromptableSegmentationTask", "SemanticSegmentationTask"]

@@ -18,6 +18,7 @@ import torch
 
 from vadapt.adapters import AdapterConfig, apply_adapter
 from vadapt.backbones import Backbone, create_backbone
+from vadapt.bands import RGB
 from vadapt.config import as_adapter_config, to_plain
 from vadapt.params import count_parameters
 
@@ -45,7 +46,7 @@ class BaseTask(L.LightningModule):
     def configure_backbone(self) -> None:
         hp = self.hparams
         self.backbone = create_backbone(
-            hp["backbone"], weights=hp.get("weights"), bands=hp["bands"],
+            hp["backbone"], weights=hp.get("weights"), bands=hp.get("bands", RGB),  # point clouds have no bands
             extra_band_init=hp.get("extra_band_init", "copy"), **self.backbone_options(),
         )
         self.adapter_config: AdapterConfig | None = as_adapter_config(hp.get("adapter"))

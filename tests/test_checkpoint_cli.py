@@ -20,6 +20,7 @@ from vadapt.data.scene import SceneDataModule
 from vadapt.export import export
 from vadapt.tasks import SemanticSegmentationTask
 
+REPO = Path(__file__).resolve().parents[1]
 CONF = Path(__file__).parent / "conf"
 CONFIGS = sorted(CONF.glob("*.yaml"))  # tiny YAMLs, one per backbone family
 SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -42,12 +43,28 @@ def test_list_backbones_shows_real_entries_and_hides_tiny(capsys):
     assert "sam_vit_b" in text and "vit_base_patch14_dinov2" in text and "dinov2_test" not in text
 
 
+def with_generated_shapes(cfg: dict, tmp_path: Path) -> dict:
+    """A point-cloud config whose data folder is absent reads a small ``make_shapes`` set in ``tmp_path`` (the
+    configs' own first step: ``vadapt make-shapes --output ROOT``)."""
+    from vadapt.data.shapes import make_shapes
+
+    data = cfg["data"]
+    if data["class_path"].endswith("PointFolderDataModule") and not (REPO / data["init_args"]["root"]).is_dir():
+        shapes = tmp_path / "shapes"
+        make_shapes(shapes, classes=cfg["model"]["init_args"]["num_classes"], per_class=5, points=256, parts=False)
+        data["init_args"].update(root=str(shapes), num_points=256, batch_size=4)
+    return cfg
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_fast_dev_run_every_config(config, tmp_path):
-    data_root = str(yaml.safe_load(config.read_text())["data"]["init_args"].get("root", ""))
-    if "../shared" in data_root and not (Path(__file__).parents[1] / data_root).is_dir():
+    cfg = with_generated_shapes(yaml.safe_load(config.read_text()), tmp_path)
+    data_root = str(cfg["data"]["init_args"].get("root", ""))
+    if "../shared" in data_root and not (REPO / data_root).is_dir():
         pytest.skip(f"{config.name} reads {data_root}, which is absent")
-    main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
+    path = tmp_path / config.name
+    path.write_text(yaml.safe_dump(cfg))
+    main(["fit", "--config", str(path), "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
 
 
 @pytest.mark.parametrize("config", SHIPPED, ids=[c.stem for c in SHIPPED])
@@ -73,8 +90,9 @@ def test_fast_dev_run_every_shipped_config(config, tmp_path):
         if str(adapter.get("class_path", "")).endswith("SaltConfig"):  # ViT-B's absolute ranks exceed tiny widths
             for key in ("r", "rank_pattern"):
                 adapter["init_args"].pop(key, None)
+    cfg = with_generated_shapes(cfg, tmp_path)
     data_root = str(cfg["data"]["init_args"].get("root", ""))
-    if "../shared" in data_root and not (Path(__file__).parents[1] / data_root).is_dir():
+    if "../shared" in data_root and not (REPO / data_root).is_dir():
         pytest.skip(f"{config.name} reads {data_root}, which is absent")
     path = tmp_path / config.name
     path.write_text(yaml.safe_dump(cfg))
