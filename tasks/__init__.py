@@ -3,11 +3,13 @@
 from .base import BaseTask
 from .change_detection import ChangeDetectionTask
 from .point_classification import PointClassificationTask
+from .point_pretrain import PointMAEPretrainTask
 from .promptable import EmbeddingCache, PromptableSegmentationTask
 from .segmentation import SemanticSegmentationTask
 
 TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask",
-         "vadapt.tasks.PromptableSegmentationTask", "vadapt.tasks.PointClassificationTask"]
+         "vadapt.tasks.PromptableSegmentationTask", "vadapt.tasks.PointClassificationTask",
+         "vadapt.tasks.PointMAEPretrainTask"]
 
 __all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PointClassificationTask",
-           "PromptableSegmentationTask", "SemanticSegmentationTask"]
+           "PointMAEPretrainTask", "PromptableSegmentationTask", "SemanticSegmentationTask"]

@@ -53,6 +53,8 @@ class BaseTask(L.LightningModule):
         apply_adapter(self.backbone, self.adapter_config)
         if not hp.get("freeze_backbone", True):  # full fine-tuning / training from scratch (baselines)
             self.backbone.requires_grad_(True)
+            # freezing put batch norms in eval mode, and Lightning keeps module modes as they are: re-apply
+            self.backbone.train(self.training)
         self.backbone.grad_checkpointing = bool(hp.get("grad_checkpointing", False))
         mean, std = self.normalisation(hp.get("mean"), hp.get("std"))
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)

@@ -107,3 +107,14 @@ def test_class_weights_weigh_the_cross_entropy():
     assert not torch.allclose(plain.criterion(logits, batch["mask"]), expected)
     with pytest.raises(ValueError, match="class_weights needs one value"):
         SemanticSegmentationTask(**kwargs, class_weights=[1.0])
+
+
+def test_full_fine_tuning_trains_batch_norm_statistics():
+    """Freezing put the backbone's batch norms in eval mode; unfreezing must undo it (Lightning keeps modes)."""
+    kwargs = {"backbone": "efficientnet_lite0_test", "num_classes": 2, "mean": [0.0] * 3, "std": [1.0] * 3,
+              "head": "linear"}
+    norms = [m for m in SemanticSegmentationTask(**kwargs, freeze_backbone=False).backbone.modules()
+             if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training for m in norms)
+    frozen = [m for m in SemanticSegmentationTask(**kwargs).backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert frozen and not any(m.training for m in frozen)
