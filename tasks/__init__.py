@@ -2,6 +2,7 @@
 
 from .base import BaseTask
 from .change_detection import ChangeDetectionTask
+from .part_segmentation import PartIoU, PartSegmentationTask
 from .point_classification import PointClassificationTask
 from .point_pretrain import PointMAEPretrainTask
 from .promptable import EmbeddingCache, PromptableSegmentationTask
@@ -9,7 +10,8 @@ from .segmentation import SemanticSegmentationTask
 
 TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask",
          "vadapt.tasks.PromptableSegmentationTask", "vadapt.tasks.PointClassificationTask",
-         "vadapt.tasks.PointMAEPretrainTask"]
+         "vadapt.tasks.PointMAEPretrainTask", "vadapt.tasks.PartSegmentationTask"]
 
-__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PointClassificationTask",
+__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PartIoU", "PartSegmentationTask",
+           "PointClassificationTask",
            "PointMAEPretrainTask", "PromptableSegmentationTask", "SemanticSegmentationTask"]

@@ -51,7 +51,9 @@ def with_generated_shapes(cfg: dict, tmp_path: Path) -> dict:
     data = cfg["data"]
     if data["class_path"].endswith("PointFolderDataModule") and not (REPO / data["init_args"]["root"]).is_dir():
         shapes = tmp_path / "shapes"
-        make_shapes(shapes, classes=cfg["model"]["init_args"]["num_classes"], per_class=5, points=256, parts=False)
+        args = cfg["model"]["init_args"]
+        make_shapes(shapes, classes=args.get("num_classes", args.get("num_categories")), per_class=5, points=256,
+                    parts=bool(data["init_args"].get("parts", False)))
         data["init_args"].update(root=str(shapes), num_points=256, batch_size=4)
     return cfg
 
