@@ -67,8 +67,11 @@ class BaseTask(L.LightningModule):
     def normalisation(
         self, mean: Sequence[float] | None, std: Sequence[float] | None
     ) -> tuple[list[float], list[float]]:
-        """Per-band statistics; for RGB bands left unset, the backbone's pretraining statistics."""
+        """Per-band statistics; for RGB bands left unset, the backbone's pretraining statistics. A backbone
+        without bands (point clouds, scaled into the unit sphere by their datamodule) has none."""
         bands = self.backbone.bands
+        if not bands:
+            return [], []
         if mean is None and std is None:
             rgb = dict(zip(("red", "green", "blue"), zip(self.backbone.rgb_mean, self.backbone.rgb_std)))
             missing = [b for b in bands if b not in rgb]
@@ -94,6 +97,8 @@ class BaseTask(L.LightningModule):
         pass
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_mean.numel():  # no band statistics (point clouds)
+            return x
         return (x - self.input_mean) / self.input_std
 
     def train(self, mode: bool = True) -> BaseTask:

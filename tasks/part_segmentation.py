@@ -325,14 +325,6 @@ class PartSegmentationTask(BaseTask):
         super().__init__()
 
     # ---- models ------------------------------------------------------------------------------------------
-    def normalisation(self, mean: Any = None, std: Any = None) -> tuple[list[float], list[float]]:
-        """No per-band statistics: clouds are centred and scaled into the unit sphere by the datamodule."""
-        return [], []
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Identity (see :meth:`normalisation`)."""
-        return x
-
     @property
     def feature_blocks(self) -> list[int]:
         """Indices of the blocks whose (normed) patch tokens feed the head."""

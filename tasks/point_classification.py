@@ -125,14 +125,6 @@ class PointClassificationTask(BaseTask):
         super().__init__()
 
     # ---- models ------------------------------------------------------------------------------------------
-    def normalisation(self, mean: Any = None, std: Any = None) -> tuple[list[float], list[float]]:
-        """No per-band statistics: clouds are centred and scaled into the unit sphere by the datamodule."""
-        return [], []
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Identity (see :meth:`normalisation`)."""
-        return x
-
     def pooled_width(self) -> int:
         """Width of ``backbone.pool(tokens)``: each prefix token and the max over patches,
         ``(num_prefix_tokens + 1) * C`` (``[cls, max]`` = 2C; IDPT's prompt token makes it 3C)."""

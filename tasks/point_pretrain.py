@@ -182,14 +182,6 @@ class PointMAEPretrainTask(BaseTask):
         if num_masked(self.backbone.num_group, self.hparams["mask_ratio"]) < 1:
             raise ValueError(f"mask_ratio {self.hparams['mask_ratio']} masks no group of {self.backbone.num_group}")
 
-    def normalisation(self, mean: Any = None, std: Any = None) -> tuple[list[float], list[float]]:
-        """No per-band statistics: clouds are centred and scaled into the unit sphere by the datamodule."""
-        return [], []
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Identity (see :meth:`normalisation`)."""
-        return x
-
     def configure_head(self) -> None:
         """Decoder parts with the official names: ``mask_token`` ``(1, 1, C)``, ``decoder_pos_embed`` (MLP
         3 -> 128 -> C, GELU), ``decoder`` (official ``MAE_decoder``), ``increase_dim`` (Conv1d C -> 3k)."""
