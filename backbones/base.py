@@ -25,16 +25,13 @@ from vadapt.registry import Registry
 from vadapt.weights import WeightsSource, load_strict, read_state_dict, resolve_weights
 
 
-class Backbone(nn.Module):
-    """Base class of frozen feature extractors (see module docstring)."""
+class BlockStack(nn.Module):
+    """A frozen network whose ``blocks`` adapters attach to: the block runner (no autograd before the first
+    trainable block, optional gradient checkpointing) and freezing that keeps frozen batch norms in eval mode.
 
-    #: attribute path (inside ``self.model``) of the first convolution, adapted for multispectral input
-    stem_conv: str = ""
-    #: bands the pretrained first layer was trained on
-    pretrained_bands: tuple[str, ...] = RGB
-    #: per-channel RGB normalisation the pretrained weights expect, on inputs scaled to [0, 1]
-    rgb_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    rgb_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    Subclasses: :class:`Backbone` (images) and ``backbones.point_mae.PointBackbone`` (point clouds).
+    """
+
     #: input layout of ``blocks``: ``"tokens"`` (B, N, C), ``"grid"`` (B, H, W, C) or ``"conv"`` (B, C, H, W)
     block_layout: str = "tokens"
     #: default module names for LoRA and for bottleneck adapters (peft-style suffixes)
@@ -42,47 +39,12 @@ class Backbone(nn.Module):
     adapter_targets: tuple[str, ...] = ("mlp",)
     #: ``"tokens"`` layout: leading non-patch tokens (class, registers) in every block's sequence
     num_prefix_tokens: int = 0
+    grad_checkpointing: bool = False
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.name = ""
-        self.bands: tuple[str, ...] = RGB
-        self.out_channels: list[int] = []
-        self.strides: list[int] = []
-        self.patch_size = 1
-        self.pad_multiple = 1
-        self.grad_checkpointing = False
-        #: ``"tokens"`` layout: (h, w) patch grid of the current forward, so adapters can fold tokens to maps
-        self.token_grid: tuple[int, int] | None = None
-
-    # ---- what each family implements -------------------------------------------------------------------
     @property
     def blocks(self) -> nn.ModuleList:
         """The per-layer modules, in order, that adapters may wrap or insert after."""
         raise NotImplementedError
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x`` is padded to ``pad_multiple``; return one map per entry of ``strides``."""
-        raise NotImplementedError
-
-    def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Turn an upstream checkpoint into ``self.model``'s keys (unwrap, strip prefixes, resample)."""
-        return state_dict
-
-    # ---- shared behaviour ------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.ndim != 4 or x.shape[1] != len(self.bands):
-            raise ValueError(
-                f"{self.name or type(self).__name__} expects (B, {len(self.bands)}, H, W) input for bands "
-                f"{list(self.bands)}, got shape {tuple(x.shape)}"
-            )
-        height, width = x.shape[-2:]
-        pad_h = -height % self.pad_multiple
-        pad_w = -width % self.pad_multiple
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        feats = self.forward_features(x)
-        return [f[..., : math.ceil(height / s), : math.ceil(width / s)] for f, s in zip(feats, self.strides)]
 
     def run_blocks(
         self,
@@ -122,6 +84,66 @@ class Backbone(nn.Module):
                 return i
         return len(blocks)
 
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> BlockStack:
+        """Batch-norm layers whose parameters are frozen stay in eval mode, so their statistics never move."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
+
+
+class Backbone(BlockStack):
+    """Base class of frozen feature extractors (see module docstring)."""
+
+    #: attribute path (inside ``self.model``) of the first convolution, adapted for multispectral input
+    stem_conv: str = ""
+    #: bands the pretrained first layer was trained on
+    pretrained_bands: tuple[str, ...] = RGB
+    #: per-channel RGB normalisation the pretrained weights expect, on inputs scaled to [0, 1]
+    rgb_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    rgb_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""
+        self.bands: tuple[str, ...] = RGB
+        self.out_channels: list[int] = []
+        self.strides: list[int] = []
+        self.patch_size = 1
+        self.pad_multiple = 1
+        self.grad_checkpointing = False
+        #: ``"tokens"`` layout: (h, w) patch grid of the current forward, so adapters can fold tokens to maps
+        self.token_grid: tuple[int, int] | None = None
+
+    # ---- what each family implements -------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` is padded to ``pad_multiple``; return one map per entry of ``strides``."""
+        raise NotImplementedError
+
+    def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Turn an upstream checkpoint into ``self.model``'s keys (unwrap, strip prefixes, resample)."""
+        return state_dict
+
+    # ---- shared behaviour ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != len(self.bands):
+            raise ValueError(
+                f"{self.name or type(self).__name__} expects (B, {len(self.bands)}, H, W) input for bands "
+                f"{list(self.bands)}, got shape {tuple(x.shape)}"
+            )
+        height, width = x.shape[-2:]
+        pad_h = -height % self.pad_multiple
+        pad_w = -width % self.pad_multiple
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        feats = self.forward_features(x)
+        return [f[..., : math.ceil(height / s), : math.ceil(width / s)] for f, s in zip(feats, self.strides)]
+
     def load_pretrained(self, path: str) -> None:
         state_dict = self.checkpoint_filter(read_state_dict(path))
         load_strict(self.model, state_dict, source=str(path))
@@ -140,19 +162,6 @@ class Backbone(nn.Module):
         new.in_channels = len(bands)
         setattr(parent, attr, new)
         self.bands = bands
-
-    def freeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> Backbone:
-        """Batch-norm layers whose parameters are frozen stay in eval mode, so their statistics never move."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                m.eval()
-        return self
 
     def describe(self) -> dict[str, Any]:
         """Metadata stored in adapter checkpoints and shown by ``vadapt list``."""

@@ -22,8 +22,9 @@ the pretrain file (``{"base_model": {"module.MAE_encoder.<key>": ...}}``, decode
 fine-tuned files (``{"base_model": {"module.<key>": ...}}``).
 
 Point clouds have no bands, strides or padding, so :class:`PointBackbone` is not an image
-:class:`~vadapt.backbones.base.Backbone`; it offers the parts adapters use (``blocks``, ``block_layout``,
-``num_prefix_tokens``, ``lora_targets``, ``adapter_targets``, ``run_blocks``, ``freeze``).
+:class:`~vadapt.backbones.base.Backbone`; it shares their :class:`~vadapt.backbones.base.BlockStack` base, the
+parts adapters use (``blocks``, ``block_layout``, ``num_prefix_tokens``, ``lora_targets``, ``run_blocks``,
+``freeze``).
 
 Farthest point sampling and k-NN are plain batched torch (the official code uses the CUDA kernels of
 ``pointnet2_ops`` and ``knn_cuda``): FPS starts from point 0 as ``pointnet2_ops`` does.
@@ -44,7 +45,7 @@ from torch import nn
 from vadapt.bands import RGB, BandInit
 from vadapt.weights import WeightsSource, load_strict, read_state_dict, strip_prefix, unwrap_state_dict
 
-from .base import Backbone, register_backbone
+from .base import BlockStack, register_backbone
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
 
 
-class PointBackbone(nn.Module):
+class PointBackbone(BlockStack):
     """Point-MAE transformer: a cloud ``(B, N, 3)`` -> tokens ``(B, 1 + G, C)`` (class token first).
 
     Args:
@@ -298,15 +299,8 @@ class PointBackbone(nn.Module):
     """
 
     #: adapters see ``(B, 1 + G, C)`` token sequences, the class token first
-    block_layout: str = "tokens"
     num_prefix_tokens: int = 1
     bands: tuple[str, ...] = ()  # point clouds have no image bands (adapter manifests record the bands)
-    lora_targets: tuple[str, ...] = ("qkv",)
-    adapter_targets: tuple[str, ...] = ("mlp",)
-
-    # the block runner of the image backbones only needs ``blocks``, ``grad_checkpointing`` and ``training``
-    run_blocks = Backbone.run_blocks
-    first_trainable_block = Backbone.first_trainable_block
 
     def __init__(
         self,
@@ -462,19 +456,6 @@ class PointBackbone(nn.Module):
         """Point clouds have no bands: only ``create_backbone``'s default (RGB) is accepted, as a no-op."""
         if tuple(bands) != RGB:
             raise ValueError(f"{self.name or 'Point-MAE'} takes (B, N, 3) point clouds and has no bands to set.")
-
-    def freeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> PointBackbone:
-        """Batch norms whose parameters are frozen stay in eval mode, so their statistics never move."""
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                m.eval()
-        return self
 
     def describe(self) -> dict[str, Any]:
         """Metadata stored in adapter checkpoints."""

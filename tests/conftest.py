@@ -53,3 +53,15 @@ def train_steps(task, batch: dict, steps: int, lr: float = 3e-3) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> str:
+    """Upstream-format weights of the tiny Point-MAE, so a reloaded point task has the very same frozen backbone."""
+    import torch
+
+    from vadapt.backbones import create_backbone
+
+    path = tmp_path_factory.mktemp("weights") / "point_mae_test.pth"
+    torch.save(create_backbone("point_mae_test").model.state_dict(), path)
+    return str(path)

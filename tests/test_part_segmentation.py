@@ -12,7 +12,6 @@ import yaml
 from conftest import train_steps
 
 from vadapt.adapters import IDPTConfig, LoraConfig
-from vadapt.backbones import create_backbone
 from vadapt.checkpoint import load_task, read_manifest, save_adapter
 from vadapt.cli import main
 from vadapt.data.points import PointFolderDataModule
@@ -32,14 +31,6 @@ def shapes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes_parts")
     make_shapes(root, classes=CLASSES, per_class=8, points=128, seed=0, parts=True)
     return root
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    """Upstream-format weights of the tiny backbone, so a reloaded task has the very same frozen backbone."""
-    path = tmp_path_factory.mktemp("weights") / "point_mae_test.pth"
-    torch.save(create_backbone("point_mae_test").model.state_dict(), path)
-    return str(path)
 
 
 def make_task(**overrides) -> PartSegmentationTask:
