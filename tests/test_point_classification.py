@@ -188,3 +188,21 @@ def test_quickstart_config_runs_on_the_tiny_backbone(shapes, tmp_path):
           "--data.init_args.root", str(shapes), "--data.init_args.num_points", "64",
           "--data.init_args.batch_size", "4", "--trainer.fast_dev_run", "1",
           "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_point_peft_checkpoint_with_a_filled_prior_bank_round_trips(tmp_path, weights):
+    """The prior bank's size comes from the data: the adapter file keeps it and loading takes its size."""
+    from vadapt.adapters import PointPEFTConfig
+    from vadapt.adapters.point_peft import point_prior_features
+
+    config = PointPEFTConfig(prompt_tokens=5, prompt_blocks=1, adapter_dim=4, prior_adapter_dim=4, geo_k=4,
+                             geo_heads=2, geo_attn_dim=8)
+    task = make_task(weights=weights, adapter=config).eval()
+    clouds = torch.rand(6, 64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        task.backbone.point_peft.build_prior_bank(point_prior_features(task.backbone, clouds),
+                                                  torch.tensor([0, 1, 2, 0, 1, 2]))
+    loaded = load_task(save_adapter(task, tmp_path / "peft.safetensors")).eval()
+    assert loaded.backbone.point_peft.bank_size == 6
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(clouds[:2]), task(clouds[:2]))

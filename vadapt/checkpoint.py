@@ -128,7 +128,8 @@ def load_checked(
     expected = task.state_dict() if full else task.adapter_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    shapes = sorted(k for k in set(state) & set(expected)
+                    if state[k].shape != expected[k].shape and not _data_sized(task, k))
     if missing or unexpected or shapes:
         mine = {"backbone": task.backbone.name, "adapter": task.plain_hparams().get("adapter")}
         detail = "; ".join(
@@ -142,6 +143,18 @@ def load_checked(
         )
     with torch.no_grad():
         task.load_state_dict(state, strict=False)
+
+
+def _data_sized(task: BaseTask, key: str) -> bool:
+    """Whether ``key`` is a buffer whose size comes from the data (its module lists it in
+    ``data_sized_buffers``, e.g. Point-PEFT's prior bank), so a stored size differing from a fresh model's is
+    right; the module resizes it while loading."""
+    module_name, _, name = key.rpartition(".")
+    try:
+        module = task.get_submodule(module_name) if module_name else task
+    except AttributeError:
+        return False
+    return name in getattr(module, "data_sized_buffers", ())
 
 
 def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = None) -> BaseTask:

@@ -147,6 +147,8 @@ class PointPEFTShared(nn.Module):
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         bound = 1.0 / math.sqrt(config.geo_attn_dim)
         nn.init.uniform_(self.proj_bias, -bound, bound)
+        # sized by the data (build_prior_bank), not by the config: checkpoint loading accepts any size
+        self.data_sized_buffers = ("bank_features", "bank_labels")
         self.register_buffer("bank_features", torch.zeros(0, dim))
         self.register_buffer("bank_labels", torch.zeros(0, dtype=torch.long))
 
