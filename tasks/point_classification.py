@@ -79,6 +79,7 @@ class PointClassificationTask(BaseTask):
         self,
         backbone: str = "point_mae",
         weights: str | None = None,
+        num_group: int | None = None,
         num_classes: int = 40,
         class_names: list[str] | None = None,
         adapter: AdapterConfig | None = None,
@@ -99,6 +100,8 @@ class PointClassificationTask(BaseTask):
             backbone: registry name of a point backbone (``point_mae``; ``point_mae_test`` is a tiny one).
             weights: ``None`` (random), ``"pretrained"`` (the official Point-MAE ShapeNet pretrain file) or a
                 path to an upstream checkpoint file.
+            num_group: patch centres ``G`` (default the backbone's: 64, Point-MAE's for 1024 points; 128 for
+                2048-point clouds such as ScanObjectNN).
             num_classes: number of classes; ``class_names`` optionally names them (the datamodule's
                 ``class_names``: sorted class folder names).
             adapter: e.g. ``{class_path: vadapt.adapters.LoraConfig, init_args: {r: 8}}``; ``None`` = only the
@@ -125,6 +128,9 @@ class PointClassificationTask(BaseTask):
         super().__init__()
 
     # ---- models ------------------------------------------------------------------------------------------
+    def backbone_options(self) -> dict[str, Any]:
+        return {"num_group": self.hparams["num_group"]} if self.hparams.get("num_group") else {}
+
     def pooled_width(self) -> int:
         """Width of ``backbone.pool(tokens)``: each prefix token and the max over patches,
         ``(num_prefix_tokens + 1) * C`` (``[cls, max]`` = 2C; IDPT's prompt token makes it 3C)."""
