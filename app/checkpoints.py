@@ -30,13 +30,15 @@ class CheckpointInfo:
 
 def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
     """Which tabs a checkpoint belongs to: change detection, promptable SAM (``prompt``; also ``segment`` when it
-    segments automatically), or semantic segmentation."""
+    segments without prompts), point clouds (``points``, the 3D tab), or semantic segmentation."""
     task = manifest["task"].rsplit(".", 1)[-1]
     if task == "ChangeDetectionTask":
         return frozenset({"change"})
-    if task == "PromptableSegmentationTask":
-        automatic = manifest["init_args"].get("prompting", "sampled") == "automatic"
+    if task == "PromptableSegmentationTask":  # prompt-free (MapSAM "automatic", SALT "learned") also segments
+        automatic = manifest["init_args"].get("prompting", "sampled") != "sampled"
         return frozenset({"prompt", "segment"} if automatic else {"prompt"})
+    if task in ("PointClassificationTask", "PartSegmentationTask"):
+        return frozenset({"points"})
     return frozenset({"segment"})
 
 

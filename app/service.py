@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import export, images, predict, prompts, render
+from . import export, images, points, predict, prompts, render
 from .checkpoints import CheckpointInfo, ModelCache
 from .images import LoadedImage
 from .limits import AppError, Limits
@@ -206,3 +206,40 @@ class Demo:
         change = info is not None and "change" in info.kinds
         inputs = "--input-a before/ --input-b after/" if change else "--input scenes/"
         return f"vadapt infer --checkpoint {ckpt} {inputs} --output masks/ --overlay"
+
+    # ---- 3D ----------------------------------------------------------------------------------------------
+    def point_choices(self) -> list[str]:
+        """Labels of the point classification / part segmentation checkpoints (the 3D tab's)."""
+        return [label for label, c in self.checkpoints.items() if points.is_point_checkpoint(c)]
+
+    def point_default(self) -> str | None:
+        """The 3D tab's default checkpoint: the first point checkpoint, if any."""
+        return (self.point_choices() or [None])[0]
+
+    def point_checkpoint(self, label: str | None) -> CheckpointInfo:
+        """The point checkpoint behind a 3D-tab label; anything else is refused."""
+        info = self.checkpoints.get(label or "")
+        if info is None:
+            raise AppError("pick a checkpoint from the list" if not label else "unknown checkpoint: pick one from "
+                           "the list")
+        if not points.is_point_checkpoint(info):
+            raise AppError(f"{info.path.name} is a {info.task}; the 3D tab needs a point-cloud checkpoint")
+        return info
+
+    def point_view(self, path: str | None) -> Path:
+        """The uploaded cloud or mesh, uncoloured, as a ``.glb`` for ``gr.Model3D``."""
+        if not path:
+            raise AppError("upload a point cloud or mesh first")
+        upload = points.check_upload(path, self.limits)
+        return points.show_cloud(upload, self.workdir / uuid.uuid4().hex)
+
+    def predict_points(self, path: str | None, label: str | None, num_points: int = 1024) -> points.PointResult:
+        """Run a point checkpoint on an uploaded cloud or mesh: scores, a ``.glb`` to show and (parts) a ``.ply``."""
+        if not path:
+            raise AppError("upload a point cloud or mesh first")
+        info = self.point_checkpoint(label)
+        upload = points.check_upload(path, self.limits)
+        if not 64 <= int(num_points) <= 16384:
+            raise AppError(f"points must be between 64 and 16384, got {num_points}")
+        return points.predict_cloud(self.models.task(info), upload, self.workdir / uuid.uuid4().hex,
+                                    int(num_points))

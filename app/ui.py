@@ -1,4 +1,4 @@
-"""The Gradio page (the only module that imports ``gradio``): four tabs wired to :class:`~.service.Demo`.
+"""The Gradio page (the only module that imports ``gradio``): five tabs wired to :class:`~.service.Demo`.
 
 Offline by construction: analytics off (``GRADIO_ANALYTICS_ENABLED=False`` before the import), system fonts
 (no web-font fetches), no server-side rendering process, ``share`` only when asked.
@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_SSR_MODE", "False")
 import gradio as gr  # noqa: E402
 
 from .limits import AppError  # noqa: E402
+from .points import UPLOAD_TYPES as POINT_UPLOAD_TYPES  # noqa: E402
 from .prompts import MODES, PromptState  # noqa: E402
 from .service import Demo  # noqa: E402
 
@@ -241,6 +242,48 @@ def build(demo: Demo) -> gr.Blocks:
             batch_ckpt = gr.Dropdown(label="checkpoint", choices=list(demo.checkpoints), value=seg_default)
             batch_cmd = gr.Code(demo.batch_help(seg_default), language="shell", label="command")
             batch_ckpt.change(demo.batch_help, batch_ckpt, batch_cmd)
+
+        # ---------------- 3D ----------------
+        with gr.Tab("3D", id="points"):
+            points_default = demo.point_default()
+            with gr.Row():
+                with gr.Column(scale=1):
+                    points_file = gr.File(label="point cloud or mesh (.ply, .obj, .off, .npy, .xyz)",
+                                          file_types=POINT_UPLOAD_TYPES, elem_id="points-file")
+                    points_ckpt = gr.Dropdown(label="point-cloud checkpoint (classification or part segmentation)",
+                                              choices=demo.point_choices(), value=points_default,
+                                              elem_id="points-ckpt")
+                    points_about = gr.Markdown(demo.describe(points_default) if points_default else
+                                               "No point-cloud checkpoint found under --checkpoints: train one "
+                                               "(configs/point_*.yaml) and pick it here.")
+                    points_count = gr.Slider(256, 8192, value=1024, step=256, label="points fed to the model",
+                                             elem_id="points-count")
+                    points_run = gr.Button("Run", variant="primary", elem_id="points-run")
+                with gr.Column(scale=2):
+                    points_view = gr.Model3D(label="cloud (coloured by predicted part for part segmentation)",
+                                             clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="points-view")
+                    points_scores = gr.Label(label="class probabilities / share of points per part",
+                                             num_top_classes=10, elem_id="points-scores")
+                    points_text = gr.Markdown(elem_id="points-text")
+                    points_download = gr.File(label="coloured .ply download (part segmentation)",
+                                              interactive=False, elem_id="points-download")
+
+            @shown
+            def points_upload(path):
+                if not path:
+                    return None, None, "", None
+                return str(demo.point_view(path)), None, "", None
+
+            @shown
+            def points_go(path, label, count):
+                result = demo.predict_points(path, label, int(count))
+                return (str(result.model_path), result.scores, result.summary,
+                        str(result.download) if result.download else None)
+
+            points_outputs = [points_view, points_scores, points_text, points_download]
+            points_file.change(points_upload, points_file, points_outputs)
+            points_run.click(points_go, [points_file, points_ckpt, points_count], points_outputs)
+            points_ckpt.change(demo.describe, points_ckpt, points_about)
     return page
 
 

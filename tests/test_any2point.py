@@ -12,6 +12,7 @@ from vadapt.adapters.any2point import (
     Any2PointConfig,
     PointPNTokenizer,
     VirtualProjectionPE,
+    create_any2point,
     euler_to_matrix,
 )
 from vadapt.adapters.any2point.layer import SIX_VIEWS, GuidedGeometry, segment_pool, view_weights
@@ -107,6 +108,9 @@ def test_backbone_shapes_and_pool() -> None:
     assert bb.last_pos.shape == feats.shape and bb.last_centres.shape == (2, 16, 3)
     with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
         bb.forward_features(torch.randn(2, 128, 4))
+    bb.set_bands(("red", "green", "blue"))  # create_backbone's default: a no-op
+    with pytest.raises(ValueError, match="no bands"):
+        bb.set_bands(("red",))
 
 
 def test_backbone_uses_the_vit_position_grid() -> None:
@@ -205,6 +209,11 @@ def test_adapted_block_reduces_to_the_frozen_block() -> None:
 
 def test_tokenizer_only_model() -> None:
     torch.manual_seed(0)
-    bb = Any2PointBackbone(create_backbone("dinov2_test"), Any2PointConfig(**TINY, adapter_dim=0)).eval()
+    bb = create_any2point("dinov2_test", **TINY, adapter_dim=0).eval()
+    assert bb.name == "any2point_dinov2_test"
+    bb.freeze()  # create_backbone freezes what it builds: only the ViT freezes
+    assert {n.split(".")[0] for n, p in bb.named_parameters() if p.requires_grad} == {
+        "tokenizer", "proj", "cls_token", "cls_pos"
+    }
     assert bb.adapters is None
     assert bb.forward_features(torch.randn(1, 128, 3)).shape == (1, 17, bb.embed_dim)

@@ -4,6 +4,7 @@ made here: classification CSV, part-segmentation PLY / CSV, bad files in failed.
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,10 @@ def test_part_segmentation_files_failed_and_rerun(checkpoints, clouds, tmp_path,
         xyz = np.array([[float(r[k]) for k in "xyz"] for r in b])
         assert np.allclose(np.sort(xyz, 0), np.sort(raw, 0), atol=1e-4)
     stamp = (out / f"a.{fmt}").stat().st_mtime_ns
+    inner = predict_points(checkpoints["seg"], clouds, clouds / "pred", num_points=64, format=fmt)
+    again_inner = predict_points(checkpoints["seg"], clouds, clouds / "pred", num_points=64, format=fmt)
+    assert set(inner.done) == set(again_inner.skipped) == GOOD  # outputs inside the input folder are not inputs
+    shutil.rmtree(clouds / "pred")
     again = predict_points(checkpoints["seg"], clouds, out, num_points=64, batch_size=3, format=fmt)
     assert set(again.skipped) == GOOD and not again.done
     assert (out / f"a.{fmt}").stat().st_mtime_ns == stamp
@@ -223,3 +228,15 @@ def test_page_builds_with_the_3d_tab(demo):
     page = build(demo)
     ids = {getattr(block, "elem_id", None) for block in page.blocks.values()}
     assert {"points-file", "points-ckpt", "points-view", "points-scores", "points-run"} <= ids
+
+
+def test_cli_predict_points_exit_codes(checkpoints, clouds, tmp_path, capsys):
+    from vadapt.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["predict-points", "--checkpoint", str(checkpoints["cls"]), "--input", str(clouds),
+                 "--output", str(out), "--num-points", "64"]) == 1  # the three bad files failed
+    assert {r["file"] for r in _rows(out / "predictions.csv")} == GOOD
+    assert "3 failed" in capsys.readouterr().err
+    assert main(["predict-points", "--checkpoint", str(checkpoints["cls"]), "--input", str(tmp_path / "nothing"),
+                 "--output", str(out)]) == 2
