@@ -8,8 +8,9 @@ import torch
 from vadapt.backbones import BACKBONES, create_backbone
 from vadapt.weights import WeightsMismatchError, WeightsNotFoundError
 
-# image backbones; the point-cloud family has its own tests (tests/test_point_mae.py)
-TINY = [name for name in BACKBONES if BACKBONES.get(name).tiny and BACKBONES.get(name).family != "point"]
+# image backbones (TINY)
+POINT_FAMILIES = ("point", "any2point")  # point-cloud backbones: tests/test_point_mae.py, tests/test_any2point.py
+TINY = [name for name in BACKBONES if BACKBONES.get(name).tiny and BACKBONES.get(name).family not in POINT_FAMILIES]
 REAL = [name for name in BACKBONES if not BACKBONES.get(name).tiny]
 
 

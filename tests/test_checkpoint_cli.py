@@ -55,7 +55,8 @@ def with_generated_shapes(cfg: dict, tmp_path: Path) -> dict:
         args = cfg["model"]["init_args"]
         make_shapes(shapes, classes=args.get("num_classes", args.get("num_categories")), per_class=5, points=256,
                     parts=bool(data["init_args"].get("parts", False)))
-        data["init_args"].update(root=str(shapes), num_points=256, batch_size=4)
+        data["init_args"].update(root=str(shapes), num_points=min(256, data["init_args"].get("num_points", 256)),
+                                 batch_size=4)
     return cfg
 
 
@@ -301,6 +302,8 @@ def test_scene_crops_repeat_with_the_seed(scene_npz):
     ("idpt_pointmae_modelnet40.yaml", {"adapter": 1_330_944, "head": 372_264, "trainable": 1_703_208}),
     # Point-PEFT (G = 128): adapters 404,784 + official head on [cls, max] -> 15 (official registered: 773,017)
     ("pointpeft_pointmae_scanobjectnn.yaml", {"adapter": 404_784, "head": 267_535, "trainable": 672_319}),
+    # Any2Point on DINOv2 ViT-B/14: tokenizer + guided adapters 799,224 (paper: about 0.80 M) + the head
+    ("any2point_dinov2_modelnet40.yaml", {"adapter": 799_224, "head": 470_568, "trainable": 1_269_792}),
 ])
 def test_point_configs_params(config, counts, capsys):
     """The real-size point configs build (meta device, no weights) with the adapters' official counts."""

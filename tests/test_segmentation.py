@@ -13,7 +13,8 @@ from vadapt.tasks import SemanticSegmentationTask
 from vadapt.tasks.heads import FPNHead, LinearHead, UPerNetHead
 from vadapt.tasks.metrics import segmentation_scores, stat_scores
 
-TINY = [n for n in BACKBONES if BACKBONES.get(n).tiny and BACKBONES.get(n).family != "point"]  # image backbones
+POINT_FAMILIES = ("point", "any2point")
+TINY = [n for n in BACKBONES if BACKBONES.get(n).tiny and BACKBONES.get(n).family not in POINT_FAMILIES]  # images
 
 
 @pytest.mark.parametrize("name", TINY)
