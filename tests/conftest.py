@@ -65,3 +65,25 @@ def weights(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "point_mae_test.pth"
     torch.save(create_backbone("point_mae_test").model.state_dict(), path)
     return str(path)
+
+
+def assert_backbone_frozen_while_head_and_lora_train(task, batch: dict) -> None:
+    """A few training steps of a task with a LoRA adapter: the backbone's other state (weights and batch-norm
+    statistics) stays bit-identical, gradients reach exactly the trainable parameters, which are the head's and
+    LoRA's, and the parameter counts add up."""
+    import math
+
+    import torch
+
+    frozen = {k: v.clone() for k, v in task.state_dict().items() if k.startswith("backbone.") and "lora_" not in k}
+    assert all(math.isfinite(v) for v in train_steps(task, batch, steps=3))
+    for k, v in task.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+    with_grad = {k for k, p in task.named_parameters() if p.grad is not None}
+    trainable = {k for k, p in task.named_parameters() if p.requires_grad}
+    assert with_grad == trainable
+    assert all(k.startswith("head.") or "lora_" in k for k in trainable)
+    assert any(k.startswith("head.") for k in trainable) and any("lora_" in k for k in trainable)
+    counts = task.parameter_counts()
+    assert counts["trainable"] == counts["adapter"] + counts["head"] and counts["adapter"] > 0

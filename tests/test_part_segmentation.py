@@ -3,13 +3,12 @@ learning on synthetic shapes with parts, the CLI on the tiny YAML and adapter ch
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import train_steps
+from conftest import assert_backbone_frozen_while_head_and_lora_train, train_steps
 
 from vadapt.adapters import IDPTConfig, LoraConfig
 from vadapt.checkpoint import load_task, read_manifest, save_adapter
@@ -129,20 +128,7 @@ def test_predictions_keep_to_the_category_parts():
 
 def test_frozen_backbone_is_bit_identical_and_only_head_and_adapter_train(shapes):
     task = make_task(adapter=LoraConfig(r=2))
-    frozen = {k: v.clone() for k, v in task.state_dict().items() if k.startswith("backbone.") and "lora_" not in k}
-    batch = full_split(shapes)
-    losses = train_steps(task, batch, steps=3)
-    assert all(math.isfinite(v) for v in losses)
-    for k, v in task.state_dict().items():
-        if k in frozen:
-            assert torch.equal(v, frozen[k]), k  # weights and batch-norm statistics
-    with_grad = {k for k, p in task.named_parameters() if p.grad is not None}
-    trainable = {k for k, p in task.named_parameters() if p.requires_grad}
-    assert with_grad == trainable
-    assert all(k.startswith("head.") or "lora_" in k for k in trainable)
-    assert any(k.startswith("head.") for k in trainable) and any("lora_" in k for k in trainable)
-    counts = task.parameter_counts()
-    assert counts["trainable"] == counts["adapter"] + counts["head"] and counts["adapter"] > 0
+    assert_backbone_frozen_while_head_and_lora_train(task, full_split(shapes))
 
 
 def test_training_lowers_loss_and_raises_miou(shapes):

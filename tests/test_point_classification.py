@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import train_steps
+from conftest import assert_backbone_frozen_while_head_and_lora_train, train_steps
 
 from vadapt.adapters import LoraConfig
 from vadapt.checkpoint import load_task, read_manifest, save_adapter
@@ -75,20 +75,7 @@ def test_head_width_follows_the_idpt_prompt_token():
 
 def test_frozen_backbone_is_bit_identical_and_only_head_and_adapter_train(shapes):
     task = make_task(adapter=LoraConfig(r=2))
-    frozen = {k: v.clone() for k, v in task.state_dict().items()
-              if k.startswith("backbone.") and "lora_" not in k}
-    losses = train_steps(task, a_batch(shapes), steps=3)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    for k, v in task.state_dict().items():
-        if k in frozen:
-            assert torch.equal(v, frozen[k]), k  # weights and batch-norm statistics
-    with_grad = {k for k, p in task.named_parameters() if p.grad is not None}
-    trainable = {k for k, p in task.named_parameters() if p.requires_grad}
-    assert with_grad == trainable
-    assert all(k.startswith("head.") or "lora_" in k for k in trainable)
-    assert any(k.startswith("head.") for k in trainable) and any("lora_" in k for k in trainable)
-    counts = task.parameter_counts()
-    assert counts["trainable"] == counts["adapter"] + counts["head"] and counts["adapter"] > 0
+    assert_backbone_frozen_while_head_and_lora_train(task, a_batch(shapes))
 
 
 def full_split(root: Path, split: str) -> dict[str, torch.Tensor]:
