@@ -1,9 +1,9 @@
-"""Any2Point backbones: a frozen 2D ViT (DINOv2 through timm) run on point clouds (Tang et al., ECCV 2024,
-arXiv:2404.07989).
+"""Any2Point backbones: a frozen 2D ViT (DINOv2 through timm) or 1D text transformer (CLIP's, through open_clip)
+run on point clouds (Tang et al., ECCV 2024, arXiv:2404.07989).
 
 The model (tokenizer, virtual-projection position encoding, guided adapters: ``vadapt.adapters.any2point``)
-wraps a registered ViT; the ViT keeps its upstream weights file and stays frozen, the Any2Point parts train.
-Use it as any point backbone, e.g. ``PointClassificationTask(backbone="any2point_dinov2_b",
+wraps the pretrained model; that model keeps its upstream weights file and stays frozen, the Any2Point parts
+train. Use it as any point backbone, e.g. ``PointClassificationTask(backbone="any2point_dinov2_b",
 weights="pretrained", num_classes=40)``; its options (``Any2PointConfig`` fields) are the entry's defaults.
 """
 
@@ -16,15 +16,28 @@ from torch import nn
 from vadapt.weights import WeightsSource
 
 from .base import register_backbone
+from .clip import HF_WEIGHTS
 from .vit import _DINOV2_URL
 
 
 def _build(vit: str, **config: Any) -> nn.Module:
-    """The Any2Point model around a randomly initialised ``vit``; ``create_backbone`` then loads the ViT's
-    upstream weights file into it (``Any2PointBackbone.load_pretrained``)."""
+    """The Any2Point model around a randomly initialised registered ``vit``; ``create_backbone`` then loads the
+    ViT's upstream weights file into it (``Any2PointBackbone.load_pretrained``)."""
     from vadapt.adapters.any2point import create_any2point  # its layers; imported when a model is built
 
     return create_any2point(vit, weights=None, **config)
+
+
+def _build_clip_text(
+    arch: str, quick_gelu: bool = False, text_cfg: dict[str, Any] | None = None, **config: Any
+) -> nn.Module:
+    """The Any2Point model around a randomly initialised open_clip text transformer (``arch``'s ``text_cfg``
+    with ``text_cfg`` overrides); ``create_backbone`` then loads a full CLIP file's text tower into it."""
+    from vadapt.adapters.any2point import Any2PointBackbone, Any2PointConfig
+
+    from .clip import OpenClipTextTower
+
+    return Any2PointBackbone(OpenClipTextTower(arch, quick_gelu, **(text_cfg or {})), Any2PointConfig(**config))
 
 
 register_backbone(
@@ -34,8 +47,22 @@ register_backbone(
     "positions, guided adapters)",
     vit="vit_base_patch14_dinov2",
 )
+# official Any2Point_CLIP_Lang: OpenAI's ViT-L-14 (QuickGELU); fine_tune.sh / cfgs/scanobjectnn/Any2Point.yaml
+register_backbone(
+    "any2point_clip_text_l14", family="any2point", builder=_build_clip_text,
+    weights=WeightsSource(HF_WEIGHTS, hub_id="timm/vit_large_patch14_clip_224.openai"),
+    description="Any2Point: frozen CLIP ViT-L/14 text transformer (OpenAI weights) on point clouds (Point-PN "
+    "tokenizer, 6-view 1D projected positions, guided adapters)",
+    arch="ViT-L-14", quick_gelu=True, k_neighbors=81, adapter_dim=16, coef_pro=0.3, grid_3d=0.08,
+)
 register_backbone(
     "any2point_test", family="any2point", builder=_build, tiny=True,
     description="tiny Any2Point (tiny DINOv2-architecture ViT) for tests",
     vit="dinov2_test", num_points=128, tokenizer_dim=6, k_neighbors=8, last_bottleneck=4,
+)
+register_backbone(
+    "any2point_clip_test", family="any2point", builder=_build_clip_text, tiny=True,
+    description="tiny Any2Point on a tiny CLIP-architecture text transformer (77 positions) for tests",
+    arch="ViT-L-14", quick_gelu=True, text_cfg={"width": 32, "heads": 2, "layers": 4, "vocab_size": 64},
+    num_points=128, tokenizer_dim=6, k_neighbors=8, last_bottleneck=4, adapter_dim=16, coef_pro=0.3, grid_3d=0.08,
 )

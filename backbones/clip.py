@@ -11,6 +11,8 @@ level, as timm does with ``norm`` for ViTs, keeps the levels on one scale. The p
 Weights: open_clip's ``open_clip_pytorch_model.bin`` (a full CLIP state dict). ``checkpoint_filter`` keeps
 ``visual.*`` without the prefix, drops the text tower and resamples ``positional_embedding`` to the grid of
 ``img_size``; any other key is left in so the strict load names it.
+
+:class:`OpenClipTextTower` builds the text transformer instead, for Any2Point's CLIP variant (1D positions).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vadapt.bands import RGB
 from vadapt.weights import WeightsSource, strip_prefix, unwrap_state_dict
 
 from .base import Backbone, register_backbone, resolve_out_indices
@@ -155,6 +158,62 @@ class OpenClipViTBackbone(Backbone):
         return out
 
 
+class OpenClipTextTower(Backbone):
+    """The text transformer of an open_clip CLIP model, frozen, as the 1D base model of Any2Point's CLIP variant.
+
+    Built from the model config's ``text_cfg`` (``ViT-L-14``: width 768, 12 blocks, 12 heads, 77 positions);
+    ``model`` is open_clip's ``TextTransformer`` with each block's ``nn.MultiheadAttention`` swapped for
+    :class:`FusedQKVAttention` (same weights). Any2Point runs the blocks on point tokens and reads the 77-row
+    ``model.positional_embedding``; the token embedding and ``text_projection`` are kept so CLIP files load
+    strictly, but unused. Not a registry entry of its own: it has no image input (``set_bands`` is a no-op for
+    RGB, an error otherwise).
+
+    Args:
+        arch: open_clip model config name (``ViT-L-14``).
+        quick_gelu: OpenAI's original weights use QuickGELU (as in Any2Point's ``ViT-L-14.pt``).
+        text_cfg: overrides of the config's ``text_cfg`` (``width``, ``layers``, ``heads``, ``vocab_size``, ...).
+    """
+
+    block_layout = "tokens"
+    lora_targets = ("qkv",)
+    adapter_targets = ("mlp",)
+
+    def __init__(self, arch: str = "ViT-L-14", quick_gelu: bool = False, **text_cfg: Any) -> None:
+        super().__init__()
+        import open_clip
+        from open_clip.model import _build_text_tower
+
+        config = open_clip.get_model_config(arch)
+        if config is None:
+            raise ValueError(f"open_clip has no model config {arch!r}")
+        cfg = {**config["text_cfg"], **text_cfg}
+        if cfg.get("hf_model_name"):
+            raise ValueError(f"{arch}'s text tower is a Hugging Face model, not an open_clip TextTransformer")
+        quick_gelu = quick_gelu or config.get("quick_gelu", False)
+        self.model = _build_text_tower(config["embed_dim"], cfg, quick_gelu=quick_gelu)
+        for block in self.model.transformer.resblocks:
+            block.attn = FusedQKVAttention.from_multihead(block.attn)
+        self.out_channels = [self.model.width]
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.transformer.resblocks
+
+    def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A full CLIP state dict -> the text tower's keys (the visual tower and the logit scale dropped)."""
+        state_dict = unwrap_state_dict(state_dict)
+        if state_dict and all(k.startswith("module.") for k in state_dict):
+            state_dict = strip_prefix(state_dict, "module.")
+        drop = ("logit_scale", "logit_bias", "attn_mask")
+        return {
+            _to_fused_qkv_key(k): v for k, v in state_dict.items() if not k.startswith("visual.") and k not in drop
+        }
+
+    def set_bands(self, bands: Sequence[str], init: Any = "copy") -> None:
+        if tuple(bands) != RGB:
+            raise ValueError("a CLIP text tower has no image bands to set")
+
+
 class FusedQKVAttention(nn.Module):
     """Self-attention with the call signature of ``nn.MultiheadAttention`` and ``qkv`` / ``out_proj`` Linears.
 
@@ -205,13 +264,13 @@ def _to_fused_qkv_key(key: str) -> str:
     return key
 
 
-_HF_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip.constants.HF_WEIGHTS_NAME
+HF_WEIGHTS = "open_clip_pytorch_model.bin"  # open_clip.constants.HF_WEIGHTS_NAME
 
 register_backbone(
     "clip_vit_b16",
     family="clip",
     builder=OpenClipViTBackbone,
-    weights=WeightsSource(_HF_WEIGHTS, hub_id="laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+    weights=WeightsSource(HF_WEIGHTS, hub_id="laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
     description="CLIP ViT-B/16 visual tower (open_clip), LAION-2B weights (laion2b_s34b_b88k)",
     arch="ViT-B-16",
     img_size=224,
@@ -220,7 +279,7 @@ register_backbone(
     "clip_vit_l14",
     family="clip",
     builder=OpenClipViTBackbone,
-    weights=WeightsSource(_HF_WEIGHTS, hub_id="laion/CLIP-ViT-L-14-laion2B-s32B-b82K"),
+    weights=WeightsSource(HF_WEIGHTS, hub_id="laion/CLIP-ViT-L-14-laion2B-s32B-b82K"),
     description="CLIP ViT-L/14 visual tower (open_clip), LAION-2B weights (laion2b_s32b_b82k)",
     arch="ViT-L-14",
     img_size=224,

@@ -1,4 +1,5 @@
-"""Any2Point (Tang et al., ECCV 2024): virtual-projection PE, Point-PN tokenizer, frozen-ViT point backbone."""
+"""Any2Point (Tang et al., ECCV 2024): virtual-projection PEs (2D and 1D), Point-PN tokenizer, frozen-ViT and
+frozen-CLIP-text point backbones."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from vadapt.adapters.any2point import (
     Any2PointBackbone,
     Any2PointConfig,
     PointPNTokenizer,
+    SequenceProjectionPE,
     VirtualProjectionPE,
     create_any2point,
     euler_to_matrix,
@@ -115,21 +117,21 @@ def test_backbone_shapes_and_pool() -> None:
 
 def test_backbone_uses_the_vit_position_grid() -> None:
     bb = _tiny_backbone().eval()
-    m = bb.vit.model
+    m = bb.base.model
     h, w = bb.grid_size
     grid = m.pos_embed[0, 1:].reshape(h, w, -1)
     # the lookup reads the ViT's live pos_embed (class row dropped): patch (0, 1) centre -> row 1
     uv = torch.tensor([[[[(2 * 1 + 1) / w - 1, (2 * 0 + 1) / h - 1]]]])
-    assert torch.equal(bb.pe.lookup(uv, bb._pos_grid())[0, 0, 0], grid[0, 1])
+    assert torch.equal(bb.pe.lookup(uv, bb._pos_table())[0, 0, 0], grid[0, 1])
 
 
 def test_only_new_parameters_train_and_vit_is_bit_identical() -> None:
     bb = _tiny_backbone()
-    before = {k: v.clone() for k, v in bb.vit.state_dict().items()}
+    before = {k: v.clone() for k, v in bb.base.state_dict().items()}
     trainable = {n for n, p in bb.named_parameters() if p.requires_grad}
-    new = ("tokenizer.", "proj.", "cls_token", "cls_pos", "adapters.", "attn2d.", "norm2d.")
+    new = ("tokenizer.", "proj.", "cls_token", "cls_pos", "norm.", "adapters.", "attn2d.", "norm2d.")
     assert trainable and all(n.startswith(new) for n in trainable)
-    assert not any(p.requires_grad for p in bb.vit.parameters())
+    assert not any(p.requires_grad for p in bb.base.parameters())
     head = torch.nn.Linear(2 * bb.embed_dim, 3)
     opt = torch.optim.AdamW([p for p in bb.parameters() if p.requires_grad] + list(head.parameters()), lr=1e-2)
     bb.train()
@@ -140,10 +142,10 @@ def test_only_new_parameters_train_and_vit_is_bit_identical() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = bb.vit.state_dict()
+    after = bb.base.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     moved = [n for n, p in bb.named_parameters() if p.requires_grad and not torch.equal(start[n], p)]
-    for part in ("tokenizer.", "adapters.", "attn2d.", "norm2d.", "cls_pos"):
+    for part in ("tokenizer.", "adapters.", "attn2d.", "norm2d.", "cls_pos", "norm."):
         assert any(n.startswith(part) for n in moved), part
 
 
@@ -155,13 +157,13 @@ def test_real_dinov2_trainable_count_on_meta() -> None:
         tok_only = Any2PointBackbone(vit, Any2PointConfig(adapter_dim=0))
     counts = bb.trainable_parameters()
     # Point-PN tokenizer 276,672; per block: bottleneck 768-8-768 (13,064) + 7 BN (10,752); shared by the blocks:
-    # 6 local attentions 768 -> 36 -> 12 -> 768 (37,668 each) + 6 LayerNorms; cls_token + cls_pos
+    # 6 local attentions 768 -> 36 -> 12 -> 768 (37,668 each) + 6 LayerNorms; cls_token + cls_pos; final norm
     assert counts == {
-        "cls_token": 768, "cls_pos": 768, "tokenizer": 276_672,
+        "cls_token": 768, "cls_pos": 768, "tokenizer": 276_672, "norm": 1_536,
         "adapters": 12 * (13_064 + 7 * 1_536), "attn2d": 6 * 37_668, "norm2d": 6 * 1_536,
     }
-    assert sum(counts.values()) == 799_224  # 0.80 M
-    assert sum(tok_only.trainable_parameters().values()) == 278_208
+    assert sum(counts.values()) == 800_760  # 0.80 M
+    assert sum(tok_only.trainable_parameters().values()) == 279_744
     assert bb.grid_size == (37, 37) and bb.image_size == 518
     assert math.prod(bb.pe.pos_grid.shape) == 37 * 37 * 768
 
@@ -190,7 +192,8 @@ def test_segment_pool_and_geometry() -> None:
     torch.testing.assert_close(segment_pool(x, idx, 2, "max"), torch.tensor([[3.0, 2.0], [5.0, 0.0]]))
     centres = torch.tensor([[[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [1.0, 1.0, 1.0]]])
     uv = torch.tensor([[[[-0.99, -0.99], [-0.98, -0.99], [0.99, 0.99]]]])  # one view
-    geo = GuidedGeometry(centres, uv, grid_3d=0.16, image_size=518, cell_size=26)
+    pe = VirtualProjectionPE(torch.zeros(1, 4, 4, 2))
+    geo = GuidedGeometry(centres, *pe.cell_index(uv, image_size=518, cell_size=26), grid_3d=0.16)
     assert geo.voxel.tolist() == [0, 0, 1] and geo.num_voxels == 2
     assert geo.cells[0].tolist() == [0, 0, 1] and geo.num_cells == [2]
     assert geo.same_cell[0][0].tolist() == [[True, True, False], [True, True, False], [False, False, True]]
@@ -202,7 +205,7 @@ def test_adapted_block_reduces_to_the_frozen_block() -> None:
     bb.config.scale_factor, bb.config.coef_pro = 0.0, 0.0
     x = torch.randn(2, 17, bb.embed_dim)
     centres = torch.randn(2, 16, 3) * 0.3
-    geo = GuidedGeometry(centres, bb.pe.project(centres), 0.16, bb.image_size, 26)
+    geo = GuidedGeometry(centres, *bb.cell_ids(bb.pe.project(centres)), 0.16)
     with torch.no_grad():
         torch.testing.assert_close(bb.adapted_block(bb.blocks[1], bb.adapters[1], x, geo), bb.blocks[1](x))
 
@@ -213,7 +216,115 @@ def test_tokenizer_only_model() -> None:
     assert bb.name == "any2point_dinov2_test"
     bb.freeze()  # create_backbone freezes what it builds: only the ViT freezes
     assert {n.split(".")[0] for n, p in bb.named_parameters() if p.requires_grad} == {
-        "tokenizer", "proj", "cls_token", "cls_pos"
+        "tokenizer", "proj", "cls_token", "cls_pos", "norm"
     }
     assert bb.adapters is None
     assert bb.forward_features(torch.randn(1, 128, 3)).shape == (1, 17, bb.embed_dim)
+
+
+# ---- CLIP text-transformer variant (1D positions; official Any2Point_CLIP_Lang) ----------------------------
+
+
+def test_sequence_pe_reads_exact_rows_and_interpolates() -> None:
+    torch.manual_seed(0)
+    table = torch.randn(77, 5)
+    pe = SequenceProjectionPE(table[None])
+    t = torch.tensor([[[0.0, 3.0, 76.0, 10.5]]])
+    out = pe.lookup(t)[0, 0]
+    assert torch.equal(out[0], table[0]) and torch.equal(out[1], table[3]) and torch.equal(out[2], table[76])
+    torch.testing.assert_close(out[3], (table[10] + table[11]) / 2)
+    with pytest.raises(ValueError, match="pos_table"):
+        SequenceProjectionPE(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="direction"):
+        SequenceProjectionPE(table, direction=(0.0, 0.0, 0.0))
+
+
+def test_sequence_projection_spans_the_table_in_every_view() -> None:
+    """Per cloud and view, the extreme tokens along the projected line read the first and last positions."""
+    torch.manual_seed(0)
+    pe = SequenceProjectionPE(torch.randn(77, 4), views=6)
+    centres = torch.randn(2, 16, 3)
+    t = pe.project(centres)
+    assert t.shape == (2, 6, 16)
+    torch.testing.assert_close(t.amin(-1), torch.zeros(2, 6))
+    torch.testing.assert_close(t.amax(-1), torch.full((2, 6), 76.0))
+    # the row order is the order along R_v^T d: the view's rotation of the official direction (-1, 0, 1)
+    d = torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2)
+    for v in range(6):
+        s = centres @ (pe.axes[v])
+        assert torch.equal(t[:, v].argsort(-1), s.argsort(-1))
+        torch.testing.assert_close(pe.axes[v], euler_to_matrix(torch.tensor([SIX_VIEWS[v]]))[0].T @ d)
+    cells, n = pe.cell_index(t, 2.0)
+    assert n == 39 and int(cells.min()) == 0 and int(cells.max()) == 38  # official coef_1dgird 2 on 77 rows
+
+
+def test_real_clip_text_trainable_count_on_meta() -> None:
+    """Paper: 0.95 M trainable (CLIP ViT-L/14 text transformer, without the head)."""
+    from vadapt.backbones.any2point import _build_clip_text
+    from vadapt.backbones.base import BACKBONES
+
+    with torch.device("meta"):
+        bb = _build_clip_text(**BACKBONES.get("any2point_clip_text_l14").kwargs)
+    counts = bb.trainable_parameters()
+    # official CLIP run: bottleneck 768-16-768 (25,360) + 7 BN per block; the rest as DINOv2's
+    assert counts == {
+        "cls_token": 768, "cls_pos": 768, "tokenizer": 276_672, "norm": 1_536,
+        "adapters": 12 * (25_360 + 7 * 1_536), "attn2d": 6 * 37_668, "norm2d": 6 * 1_536,
+    }
+    assert sum(counts.values()) == 948_312  # 0.95 M
+    assert isinstance(bb.pe, SequenceProjectionPE) and bb.pe.pos_table.shape == (77, 768) and len(bb.blocks) == 12
+
+
+def _tiny_clip_file(tmp_path):
+    """A full CLIP state dict in open_clip's file layout (both towers, MHA ``in_proj``) from a tiny model."""
+    import open_clip
+
+    torch.manual_seed(1)
+    text_cfg = {"width": 32, "heads": 2, "layers": 4, "vocab_size": 64}
+    clip = open_clip.CLIP(embed_dim=768, vision_cfg={"width": 32, "layers": 2, "patch_size": 16, "image_size": 32,
+                                                     "head_width": 16}, text_cfg=text_cfg, quick_gelu=True)
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(clip.state_dict(), path)
+    return clip, path
+
+
+def test_clip_text_tower_loads_a_full_clip_file(tmp_path) -> None:
+    clip, path = _tiny_clip_file(tmp_path)
+    bb = create_backbone("any2point_clip_test", weights=str(path)).eval()
+    assert torch.equal(bb.base.model.positional_embedding, clip.positional_embedding)
+    assert torch.equal(bb.norm.weight, clip.ln_final.weight) and bb.norm.weight.requires_grad
+    assert not any(p.requires_grad for p in bb.base.parameters())
+    # the fused-qkv blocks compute open_clip's own blocks (no causal mask, as the official 3D use)
+    x = torch.randn(2, 17, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.blocks[2](x), clip.transformer.resblocks[2](x), rtol=1e-5, atol=1e-5)
+        bb.config.scale_factor, bb.config.coef_pro = 0.0, 0.0
+        centres = torch.randn(2, 16, 3) * 0.3
+        geo = GuidedGeometry(centres, *bb.cell_ids(bb.pe.project(centres)), 0.08)
+        torch.testing.assert_close(bb.adapted_block(bb.blocks[2], bb.adapters[2], x, geo), bb.blocks[2](x))
+    # a file of another model names its problem
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "wrong.bin")
+    with pytest.raises(Exception, match="positional_embedding|missing"):
+        create_backbone("any2point_clip_test", weights=str(tmp_path / "wrong.bin"))
+
+
+def test_clip_variant_trains_only_its_parts_and_base_is_bit_identical() -> None:
+    torch.manual_seed(0)
+    bb = create_backbone("any2point_clip_test")
+    before = {k: v.clone() for k, v in bb.base.state_dict().items()}
+    head = torch.nn.Linear(2 * bb.embed_dim, 3)
+    opt = torch.optim.AdamW([p for p in bb.parameters() if p.requires_grad] + list(head.parameters()), lr=1e-2)
+    bb.train()
+    pts, y = torch.rand(4, 128, 3) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    start = {n: p.detach().clone() for n, p in bb.named_parameters() if p.requires_grad}
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(head(bb.pool(bb.forward_features(pts))), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = bb.base.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = {n.split(".")[0] for n, p in bb.named_parameters() if p.requires_grad and not torch.equal(start[n], p)}
+    assert {"tokenizer", "adapters", "attn2d", "norm2d", "cls_token", "cls_pos", "norm", "proj"} <= moved
+    for adapter in bb.adapters:  # the view weights sum to 1 in the 1D variant too
+        torch.testing.assert_close(adapter.last_weights.sum(1), torch.ones(4, 16))

@@ -302,8 +302,10 @@ def test_scene_crops_repeat_with_the_seed(scene_npz):
     ("idpt_pointmae_modelnet40.yaml", {"adapter": 1_330_944, "head": 372_264, "trainable": 1_703_208}),
     # Point-PEFT (G = 128): adapters 404,784 + official head on [cls, max] -> 15 (official registered: 773,017)
     ("pointpeft_pointmae_scanobjectnn.yaml", {"adapter": 404_784, "head": 267_535, "trainable": 672_319}),
-    # Any2Point on DINOv2 ViT-B/14: tokenizer + guided adapters 799,224 (paper: about 0.80 M) + the head
-    ("any2point_dinov2_modelnet40.yaml", {"adapter": 799_224, "head": 470_568, "trainable": 1_269_792}),
+    # Any2Point on DINOv2 ViT-B/14: tokenizer + final norm + guided adapters 800,760 (paper: about 0.80 M) + head
+    ("any2point_dinov2_modelnet40.yaml", {"adapter": 800_760, "head": 470_568, "trainable": 1_271_328}),
+    # Any2Point on CLIP ViT-L/14's text transformer: 948,312 (paper: about 0.95 M) + the 15-class head
+    ("any2point_clip_text_scanobjectnn.yaml", {"adapter": 948_312, "head": 464_143, "trainable": 1_412_455}),
 ])
 def test_point_configs_params(config, counts, capsys):
     """The real-size point configs build (meta device, no weights) with the adapters' official counts."""

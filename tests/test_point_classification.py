@@ -195,23 +195,24 @@ def test_point_peft_checkpoint_with_a_filled_prior_bank_round_trips(tmp_path, we
         torch.testing.assert_close(loaded(clouds[:2]), task(clouds[:2]))
 
 
-def test_any2point_task_trains_only_its_parts_and_round_trips(tmp_path):
-    """Any2Point: the frozen ViT stays bit-identical, its tokenizer / adapters / head train, the file reloads."""
+@pytest.mark.parametrize("backbone", ["any2point_test", "any2point_clip_test"])
+def test_any2point_task_trains_only_its_parts_and_round_trips(tmp_path, backbone):
+    """Any2Point (2D ViT or 1D CLIP text transformer): the frozen base stays bit-identical, its tokenizer /
+    adapters / head train, the file reloads."""
     from vadapt.backbones import create_backbone
 
-    vit = tmp_path / "dinov2_test.pth"  # the 2D ViT's upstream-format file, as a user has the DINOv2 file
-    torch.save(create_backbone("dinov2_test").model.state_dict(), vit)
+    base = tmp_path / "base.pth"  # the base model's upstream-format file, as a user has the DINOv2 / CLIP file
+    torch.save(create_backbone(backbone).base.model.state_dict(), base)
     torch.manual_seed(0)
-    task = PointClassificationTask(backbone="any2point_test", weights=str(vit), num_classes=3, head_hidden=16,
-                                   lr=3e-3)
-    frozen = {n: p.detach().clone() for n, p in task.backbone.vit.named_parameters()}
-    assert not any(p.requires_grad for p in task.backbone.vit.parameters())
+    task = PointClassificationTask(backbone=backbone, weights=str(base), num_classes=3, head_hidden=16, lr=3e-3)
+    frozen = {n: p.detach().clone() for n, p in task.backbone.base.named_parameters()}
+    assert not any(p.requires_grad for p in task.backbone.base.parameters())
     trained = {n: p.detach().clone() for n, p in task.backbone.named_parameters() if p.requires_grad}
     assert trained
     clouds = torch.rand(4, 128, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
     losses = train_steps(task, {"points": clouds, "label": torch.tensor([0, 1, 2, 0])}, 3)
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert all(torch.equal(p, frozen[n]) for n, p in task.backbone.vit.named_parameters())
+    assert all(torch.equal(p, frozen[n]) for n, p in task.backbone.base.named_parameters())
     moved = [n for n, p in task.backbone.named_parameters() if n in trained and not torch.equal(p, trained[n])]
     assert len(moved) > len(trained) // 2  # tokenizer, adapters (parameters with no gradient yet may not move)
     loaded = load_task(save_adapter(task.eval(), tmp_path / "any2point.safetensors")).eval()

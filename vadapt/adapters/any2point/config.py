@@ -11,7 +11,10 @@ class Any2PointConfig:
     """Hyper-parameters of the Any2Point 3D model around a frozen 2D ViT.
 
     Defaults are the official DINOv2 / ScanObjectNN run (``Any2Point_DINOV2_Vision``: ``cfgs/scanobjectnn/
-    Any2Point.yaml`` and ``fine_tune.sh``: ``--trans=-1.8 --patchknn 64 --lastdim 32``).
+    Any2Point.yaml`` and ``fine_tune.sh``: ``--trans=-1.8 --patchknn 64 --lastdim 32``). The official CLIP
+    text-transformer run (``Any2Point_CLIP_Lang``) differs in ``k_neighbors`` 81, ``adapter_dim`` 16,
+    ``coef_pro`` 0.3, ``grid_3d`` 0.08 and uses the 1D fields ``cell_1d`` 2 and ``direction`` (-1, 0, 1)
+    (registry entry ``any2point_clip_text_l14``).
 
     Attributes:
         num_points: points the tokenizer expects (official ``input_points`` 1024); stage ``i`` samples
@@ -27,6 +30,8 @@ class Any2PointConfig:
         num_views: virtual cameras of the 3D->2D projection (6).
         trans: camera offset along z (``--trans=-1.8``): a view sees ``R p - (0, 0, trans)``.
         train_cls_token: the class token and its position train (official: they are new parameters).
+        train_norm: the final norm trains (official: ``encoder.norm`` is in its trainable list); it is a copy of
+            the base model's final norm, so the base itself stays bit-identical.
         adapter_dim: hidden width of the bottleneck on every block's FFN output (official ``adapter_dim`` 8);
             0 builds no guided adapter (tokenizer-only model).
         adapter_dropout: dropout inside that bottleneck (``adapter_drop_path_rate`` 0.1).
@@ -35,6 +40,8 @@ class Any2PointConfig:
         grid_3d: voxel side of the 3D branch in cloud units (``--coef_3dgird 0.16``).
         cell_2d: 2D cell side in pixels of the virtual image (``--coef_2dgird 26``).
         image_size: side of the virtual image in pixels; ``None`` = ViT patch size x grid (518 for DINOv2-B/14).
+        cell_1d: 1D cell length in position rows for a text transformer (``--coef_1dgird 2``: 39 cells of 77).
+        direction: the line the 1D projection reads positions along, in view coordinates (``--pos_cor -1 0 1``).
         attn2d_dim, attn2d_heads: width and heads of the per-view local attention (``--attn2d_dim 12``, 6).
         qkv_bias: bias of that attention's qkv (the config's ``qkv_bias: True``).
         maxmean_2d: pool 2D cells by max + mean instead of mean (``--maxmean_2d``, off).
@@ -51,6 +58,7 @@ class Any2PointConfig:
     num_views: int = 6
     trans: float = -1.8
     train_cls_token: bool = True
+    train_norm: bool = True
     adapter_dim: int = 8
     adapter_dropout: float = 0.1
     scale_factor: float = 0.3
@@ -58,6 +66,8 @@ class Any2PointConfig:
     grid_3d: float = 0.16
     cell_2d: int = 26
     image_size: int | None = None
+    cell_1d: float = 2.0
+    direction: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0])
     attn2d_dim: int = 12
     attn2d_heads: int = 6
     qkv_bias: bool = True

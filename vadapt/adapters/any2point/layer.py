@@ -1,6 +1,7 @@
-"""Any2Point layers (Tang et al., ECCV 2024, arXiv:2404.07989): the 3D->2D virtual-projection position
-encoding (Sec. 3.2) and the Point-PN-style tokenizer of the official DINOv2 code (``models/backbone/Point_PN.py``,
-``models/peft_module/mv_utils.py``), rewritten in plain batched torch."""
+"""Any2Point layers (Tang et al., ECCV 2024, arXiv:2404.07989): the 3D->2D and 3D->1D virtual-projection
+position encodings (Sec. 3.2), the any-to-3D guided adapter (Sec. 3.3) and the Point-PN-style tokenizer of the
+official code (``Any2Point_DINOV2_Vision`` / ``Any2Point_CLIP_Lang``: ``models/backbone/Point_PN.py``,
+``models/peft_module/mv_utils.py``, ``models/layers/attention.py``), rewritten in plain batched torch."""
 
 from __future__ import annotations
 
@@ -117,6 +118,89 @@ class VirtualProjectionPE(nn.Module):
         ``pos_grid`` ``(1, C, H, W)`` overrides the stored grid (the backbone passes its live ``pos_embed``).
         """
         return self.view_embeddings(centres, pos_grid).mean(dim=1)
+
+    def cell_index(self, uv: torch.Tensor, image_size: int, cell_size: float) -> tuple[torch.Tensor, int]:
+        """Square 2D cells of ``cell_size`` pixels on the ``image_size``-pixel virtual image (official
+        ``coef_2dgird``: 26 px on 518 -> 20 x 20 cells). ``uv`` ``(B, V, G, 2)`` -> cell ids ``(B, V, G)`` in
+        ``0 .. cells - 1`` and the number of cells per image."""
+        side = math.ceil(image_size / cell_size)
+        ij = ((uv + 1) / 2 * (image_size / cell_size)).floor().long().clamp(0, side - 1)
+        return ij[..., 0] + ij[..., 1] * side, side * side
+
+
+class SequenceProjectionPE(nn.Module):
+    """3D->1D virtual projection position encoding for a frozen 1D transformer (Any2Point Sec. 3.2, the CLIP
+    text-transformer variant; official ``Any2Point_CLIP_Lang`` ``PCViews.get_pos`` / ``points2pos``).
+
+    Each centre ``p`` ``(B, G, 3)`` is rotated into the ``V`` views of :data:`SIX_VIEWS` and projected onto one
+    line, ``s = (R_v p) . d`` with ``d`` the unit ``direction`` (official ``--pos_cor -1 0 1``); per cloud and view
+    ``s`` is min-max normalised onto the row range ``t in [0, L - 1]`` of the frozen ``(L, C)`` position table
+    (CLIP: 77 rows), read by linear interpolation and averaged over views. No parameters.
+
+    Deviation: the official code scales by ``L`` and shifts by ``-0.5`` modulo ``L`` (the lowest point wraps to
+    the last row), then rescales by the range of the whole batch, and its interpolation weights vanish when
+    ``t`` is an integer (the embedding becomes zero there). Here the extreme points read the first and last rows
+    and a token at an integer ``t`` gets exactly row ``t``.
+
+    Args:
+        pos_table: the 1D position embeddings, ``(L, C)`` or ``(1, L, C)``.
+        views: number of virtual views (official 6).
+        direction: projection direction in view coordinates (official ``(-1, 0, 1)``; normalised here).
+    """
+
+    def __init__(
+        self, pos_table: torch.Tensor, views: int = 6, direction: Sequence[float] = (-1.0, 0.0, 1.0)
+    ) -> None:
+        super().__init__()
+        if not 1 <= views <= len(SIX_VIEWS):
+            raise ValueError(f"views must be in 1..{len(SIX_VIEWS)}, got {views}")
+        length = math.hypot(*direction) if len(direction) == 3 else 0.0
+        if not length > 0:
+            raise ValueError(f"direction must be a non-zero 3-vector, got {list(direction)}")
+        self.views = views
+        self.register_buffer("pos_table", self.to_table(pos_table), persistent=False)  # (L, C)
+        rot = euler_to_matrix(torch.tensor(SIX_VIEWS[:views], dtype=torch.float64))
+        d = torch.tensor([c / length for c in direction], dtype=torch.float64)
+        self.register_buffer("axes", (rot.transpose(1, 2) @ d).float(), persistent=False)  # (V, 3): R_v^T d
+
+    @staticmethod
+    def to_table(pos_table: torch.Tensor) -> torch.Tensor:
+        """``(L, C)`` or ``(1, L, C)`` -> ``(L, C)`` (detached: the position table never trains)."""
+        table = pos_table.detach()
+        table = table[0] if table.ndim == 3 and table.shape[0] == 1 else table
+        if table.ndim != 2 or table.shape[0] < 2:
+            raise ValueError(f"pos_table must be (L, C) or (1, L, C) with L >= 2, got {tuple(pos_table.shape)}")
+        return table
+
+    def project(self, centres: torch.Tensor) -> torch.Tensor:
+        """Centres ``(B, G, 3)`` -> fractional rows ``t`` ``(B, V, G)`` in ``[0, L - 1]``."""
+        s = torch.einsum("vj,bgj->bvg", self.axes.to(centres.dtype), centres)  # (R_v p) . d = p . (R_v^T d)
+        low, high = s.amin(dim=-1, keepdim=True), s.amax(dim=-1, keepdim=True)
+        return (s - low) / (high - low).clamp_min(1e-12) * (self.pos_table.shape[0] - 1)
+
+    def lookup(self, t: torch.Tensor, pos_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Linear read of the table at fractional rows ``t`` ``(B, V, G)`` -> ``(B, V, G, C)``."""
+        table = self.pos_table if pos_table is None else self.to_table(pos_table)
+        last = table.shape[0] - 1
+        t = t.clamp(0, last)
+        low = t.floor().long().clamp(max=last - 1)
+        w = (t - low.to(t.dtype)).unsqueeze(-1)
+        table = table.to(t.dtype)
+        return (1 - w) * table[low] + w * table[low + 1]
+
+    def view_embeddings(self, centres: torch.Tensor, pos_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-view position embeddings ``(B, V, G, C)`` of centres ``(B, G, 3)``."""
+        return self.lookup(self.project(centres), pos_table)
+
+    def forward(self, centres: torch.Tensor, pos_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Centres ``(B, G, 3)`` -> position embeddings ``(B, G, C)``, the mean over the ``V`` views."""
+        return self.view_embeddings(centres, pos_table).mean(dim=1)
+
+    def cell_index(self, t: torch.Tensor, cell_size: float) -> tuple[torch.Tensor, int]:
+        """1D cells of ``cell_size`` rows (official ``coef_1dgird`` 2 -> 39 cells of CLIP's 77 rows): ``t``
+        ``(B, V, G)`` -> cell ids ``(B, V, G)`` and the number of cells per sequence."""
+        cells = math.ceil(self.pos_table.shape[0] / cell_size)
+        return (t / cell_size).floor().long().clamp(0, cells - 1), cells
 
 
 # ---- Point-PN tokenizer (official Point_PN_scan) ----------------------------------------------------------
@@ -322,18 +406,23 @@ def view_weights(views: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 class GuidedGeometry:
     """Per-forward grouping shared by every block's guided adapter (computed once from the centres).
 
+    Args:
+        centres: token centres ``(B, G, 3)``.
+        cell_ids: per-view cell of each token ``(B, V, G)`` in ``0 .. cells_per_sample - 1`` (2D cells of the
+            virtual image or 1D cells of the position sequence: the PE's ``cell_index``).
+        cells_per_sample: number of cells of one view of one cloud.
+        grid_3d: voxel side in cloud units.
+
     Attributes:
         voxel: ``(B*G,)`` occupied-voxel id of each point token (cubes of side ``grid_3d`` from each
             cloud's min corner).
         num_voxels: number of occupied voxels.
-        cells: ``V`` tensors ``(B*G,)``: occupied-2D-cell id of each token in each view.
-        num_cells: occupied 2D cells per view.
-        same_cell: ``V`` masks ``(B, G, G)``: both tokens fall in the same 2D cell of that view.
+        cells: ``V`` tensors ``(B*G,)``: occupied-cell id of each token in each view.
+        num_cells: occupied cells per view.
+        same_cell: ``V`` masks ``(B, G, G)``: both tokens fall in the same cell of that view.
     """
 
-    def __init__(
-        self, centres: torch.Tensor, uv: torch.Tensor, grid_3d: float, image_size: int, cell_size: int
-    ) -> None:
+    def __init__(self, centres: torch.Tensor, cell_ids: torch.Tensor, cells_per_sample: int, grid_3d: float) -> None:
         bsz, g, _ = centres.shape
         batch = torch.arange(bsz, device=centres.device).repeat_interleave(g)
         vox = ((centres - centres.amin(dim=1, keepdim=True)) / grid_3d).floor().long().reshape(-1, 3)
@@ -342,14 +431,10 @@ class GuidedGeometry:
         self.cells: list[torch.Tensor] = []
         self.num_cells: list[int] = []
         self.same_cell: list[torch.Tensor] = []
-        # official: 2D cells of ``cell_size`` pixels on the ``image_size``-pixel virtual image (26 on 518: 20 x 20)
-        cells_per_side = math.ceil(image_size / cell_size)
-        ij = ((uv + 1) / 2 * (image_size / cell_size)).floor().long().clamp(0, cells_per_side - 1)  # (B, V, G, 2)
-        for v in range(uv.shape[1]):
-            flat = ij[:, v, :, 0] + ij[:, v, :, 1] * cells_per_side  # (B, G)
+        for v in range(cell_ids.shape[1]):
+            flat = cell_ids[:, v]  # (B, G)
             self.same_cell.append(flat.unsqueeze(1) == flat.unsqueeze(2))
-            key = flat.reshape(-1) + batch * cells_per_side**2
-            _, inv = torch.unique(key, return_inverse=True)
+            _, inv = torch.unique(flat.reshape(-1) + batch * cells_per_sample, return_inverse=True)
             self.cells.append(inv)
             self.num_cells.append(int(inv.max()) + 1)
 
@@ -360,8 +445,9 @@ class GuidedAdapter(nn.Module):
     On the point tokens ``x`` ``(B, G, C)`` (the class token passes through):
 
     * 3D branch: max + mean of the tokens in each voxel, BN + GELU, broadcast back: ``x3d`` ``(B, G, C)``;
-    * per view ``v``: ``y = x + attn_v(norm_v(x))`` (local attention within 2D cells, shared across blocks),
-      mean (or max + mean) per 2D cell, BN_v + GELU, broadcast back: ``x2d_v`` ``(B, G, C)``;
+    * per view ``v``: ``y = x + attn_v(norm_v(x))`` (local attention within the cells of that view: 2D cells of
+      the virtual image, or 1D cells of the position sequence for a text transformer; shared across blocks),
+      mean (or max + mean) per cell, BN_v + GELU, broadcast back: ``x2d_v`` ``(B, G, C)``;
     * views weighted by their agreement with the 3D branch (:func:`view_weights`, sums to 1 over views):
       ``x + coef * sum_v w_v x2d_v``.
 
@@ -405,5 +491,6 @@ class GuidedAdapter(nn.Module):
 
 __all__ = [
     "Bottleneck", "GuidedAdapter", "GuidedGeometry", "LocalViewAttention", "QuickGELU", "segment_pool", "view_weights",
-    "LGA", "SIX_VIEWS", "Linear2Layer", "PointPNTokenizer", "PosEGeo", "VirtualProjectionPE", "euler_to_matrix",
+    "LGA", "SIX_VIEWS", "Linear2Layer", "PointPNTokenizer", "PosEGeo", "SequenceProjectionPE", "VirtualProjectionPE",
+    "euler_to_matrix",
 ]
