@@ -5,7 +5,7 @@ libraries (timm, segment-anything, sam2, open_clip) are imported only when a bac
 backbones subclass :class:`Backbone`; the point-cloud family (``point_mae``) has its own ``PointBackbone``.
 """
 
-from . import any2point, clip, efficientnet, point_mae, sam, sam2, vit  # noqa: F401  (each registers its entries)
+from . import any2point, clip, diffusion, efficientnet, point_mae, sam, sam2, vit  # noqa: F401  (each registers its entries)
 from .base import BACKBONES, Backbone, BackboneEntry, create_backbone, register_backbone
 
 __all__ = ["BACKBONES", "Backbone", "BackboneEntry", "create_backbone", "register_backbone"]

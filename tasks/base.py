@@ -46,7 +46,7 @@ class BaseTask(L.LightningModule):
     def configure_backbone(self) -> None:
         hp = self.hparams
         self.backbone = create_backbone(
-            hp["backbone"], weights=hp.get("weights"), bands=hp.get("bands", RGB),  # point clouds have no bands
+            hp["backbone"], weights=self.backbone_weights(), bands=hp.get("bands", RGB),  # point clouds: no bands
             extra_band_init=hp.get("extra_band_init", "copy"), **self.backbone_options(),
         )
         self.adapter_config: AdapterConfig | None = as_adapter_config(hp.get("adapter"))
@@ -59,6 +59,10 @@ class BaseTask(L.LightningModule):
         mean, std = self.normalisation(hp.get("mean"), hp.get("std"))
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def backbone_weights(self) -> str | None:
+        """What ``create_backbone`` loads: ``None``, ``"pretrained"`` or a path (the ``weights`` init arg)."""
+        return self.hparams.get("weights")
 
     def backbone_options(self) -> dict[str, Any]:
         """Family options passed to ``create_backbone`` (``img_size`` when set)."""

@@ -9,7 +9,7 @@ from vadapt.backbones import BACKBONES, create_backbone
 from vadapt.weights import WeightsMismatchError, WeightsNotFoundError
 
 # image backbones (TINY)
-POINT_FAMILIES = ("point", "any2point")  # point-cloud backbones: tests/test_point_mae.py, tests/test_any2point.py
+POINT_FAMILIES = ("point", "any2point", "diffusion")  # own tests: test_point_mae/any2point/diffusion_backbone.py
 TINY = [name for name in BACKBONES if BACKBONES.get(name).tiny and BACKBONES.get(name).family not in POINT_FAMILIES]
 REAL = [name for name in BACKBONES if not BACKBONES.get(name).tiny]
 

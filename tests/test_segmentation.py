@@ -13,7 +13,7 @@ from vadapt.tasks import SemanticSegmentationTask
 from vadapt.tasks.heads import FPNHead, LinearHead, UPerNetHead
 from vadapt.tasks.metrics import segmentation_scores, stat_scores
 
-POINT_FAMILIES = ("point", "any2point")
+POINT_FAMILIES = ("point", "any2point", "diffusion")  # not image backbones
 TINY = [n for n in BACKBONES if BACKBONES.get(n).tiny and BACKBONES.get(n).family not in POINT_FAMILIES]  # images
 
 

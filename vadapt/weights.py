@@ -6,7 +6,7 @@ user is one of:
 * ``None``: random initialisation (tests, tiny variants);
 * ``"pretrained"``: the upstream file, looked up in ``$VADAPT_WEIGHTS_DIR``, ``~/.cache/vadapt/weights`` and
   the working directory, else downloaded from the URL / hub id (for users who are online);
-* a path to a local file in the upstream format.
+* a path to a local file in the upstream format (or a folder, for bases stored as folders: diffusers).
 
 Files are read with ``safetensors`` or ``torch.load(weights_only=True)``: nothing is ever unpickled.
 """
@@ -59,14 +59,14 @@ def resolve_weights(weights: str | os.PathLike | None, source: WeightsSource | N
         return None
     if str(weights) != PRETRAINED:
         path = Path(weights).expanduser()
-        if not path.is_file():
+        if not (path.is_file() or path.is_dir()):
             expected = f" (upstream file name: {source.filename})" if source else ""
             raise WeightsNotFoundError(f"Weights file for backbone {backbone!r} not found: {path}{expected}")
         return path
     if source is None:
         raise WeightsNotFoundError(f"Backbone {backbone!r} has no published weights; use weights=None")
     shipped = source.locate() if source.locate else None
-    if shipped and Path(shipped).is_file():
+    if shipped and Path(shipped).exists():
         return Path(shipped)
     for folder in search_dirs():
         if (folder / source.filename).is_file():

@@ -15,6 +15,7 @@ from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
 from .idpt import IDPTConfig
 from .lora import LoraConfig
+from .mv_adapter import MVAdapterConfig
 from .point_peft import PointPEFTConfig
 from .qv_dora import QVDoraConfig
 from .salt import SaltConfig
@@ -55,6 +56,6 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
-    "IDPTConfig", "LoraConfig", "PointPEFTConfig", "QVDoraConfig", "SaltConfig", "VPTConfig",
+    "IDPTConfig", "LoraConfig", "MVAdapterConfig", "PointPEFTConfig", "QVDoraConfig", "SaltConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]
