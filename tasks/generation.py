@@ -163,10 +163,13 @@ class DiffusionAdapterTask(BaseTask):
         kind = self.hparams["kind"]
         if kind == "image":
             loss = self.image_loss(batch, stage)
+        elif kind == "multiview":
+            loss = self.multiview_loss(batch, stage)
         else:
-            raise NotImplementedError(f"kind {kind!r} lands with its adapter")
+            loss = self.video_loss(batch, stage)
         self.losses[f"{stage}_loss"].update(loss.detach())
-        self.log(f"{stage}_loss", loss.detach(), prog_bar=True, batch_size=len(batch.get("image", [])) or None)
+        self.log(f"{stage}_loss", loss.detach(), prog_bar=True, batch_size=len(batch["prompt"]) if "prompt" in batch
+                 else None)
         return loss
 
     def noise_and_target(
@@ -195,14 +198,21 @@ class DiffusionAdapterTask(BaseTask):
         return torch.randint(0, steps, (size,), generator=generator).to(device), generator
 
     def snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-gamma weights (Hang et al., 2023): ``min(snr, g) / snr`` for eps, ``/ (snr + 1)`` for v."""
+        """Min-SNR-gamma weights (Hang et al., 2023, as MV-Adapter computes them) with the task's ``snr_gamma``,
+        else the adapter config's (MV-Adapter: 5); uniform when neither sets one."""
+        from vadapt.adapters.mv_adapter import min_snr_weights
+
         gamma = self.hparams["snr_gamma"]
         if gamma is None:
-            return torch.ones_like(timesteps, dtype=torch.float32)
-        abar = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-        snr = abar / (1 - abar)
-        base = snr + 1 if self.prediction_type == "v_prediction" else snr
-        return torch.clamp(snr, max=gamma) / base
+            gamma = getattr(self.adapter_config, "snr_gamma", None)
+        if gamma is None:
+            return torch.ones(timesteps.shape, device=timesteps.device)
+        return min_snr_weights(timesteps, self.noise_scheduler, gamma, self.prediction_type)
+
+    def weighted_mse(self, pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``mean_i w(t_i) * mean(|pred_i - target_i|^2)`` over the first dimension."""
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return (per_sample * self.snr_weights(timesteps)).mean()
 
     def image_loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         images = batch["image"]
@@ -211,8 +221,85 @@ class DiffusionAdapterTask(BaseTask):
         timesteps, generator = self.sample_timesteps(bsz, stage, latents.device)
         noisy, target = self.noise_and_target(latents, timesteps, generator)
         pred = self.backbone.unet(noisy, timesteps, **self.text_condition(self.prompts_of(batch, bsz, stage))).sample
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
-        return (per_sample * self.snr_weights(timesteps)).mean()
+        return self.weighted_mse(pred, target, timesteps)
+
+    def multiview_loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        """MV-Adapter training: ``views`` ``(b, N, 3, H, W)``, one timestep per object shared by its views, the
+        camera maps ``cameras`` ``(b, N, 6, H, W)`` through the condition encoder, the clean ``reference``
+        ``(b, 3, H, W)`` through the frozen UNet at t = 0 (image-to-multiview), Min-SNR weights."""
+        from vadapt.adapters import mv_adapter as mv
+
+        views = batch["views"]
+        b, n = views.shape[:2]
+        mv.set_num_views(self.backbone, n)
+        keys = [f"{k}/{v}" for k in batch["key"] for v in range(n)] if batch.get("key") is not None else None
+        latents = self.latents_of(views.flatten(0, 1), keys)
+        timesteps, generator = self.sample_timesteps(b, stage, latents.device)
+        timesteps = timesteps.repeat_interleave(n)
+        noisy, target = self.noise_and_target(latents, timesteps, generator)
+        prompts = self.prompts_of(batch, b, stage)
+        kwargs = {**self.text_condition(prompts, repeat=n), **self.camera_condition(batch.get("cameras"))}
+        with self.reference_context(batch.get("reference"), prompts):
+            pred = self.backbone.unet(noisy, timesteps, **kwargs).sample
+        return self.weighted_mse(pred, target, timesteps)
+
+    def is_i2v(self) -> bool:
+        return getattr(self.adapter_config, "method", "") == "i2v_adapter"
+
+    def video_latents(self, video: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
+        """Clips ``(B, F, 3, H, W)`` in [0, 1] -> latents ``(B, c, F, h, w)`` (the motion UNet's layout)."""
+        b, f = video.shape[:2]
+        frame_keys = [f"{k}/{i}" for k in keys for i in range(f)] if keys is not None else None
+        return self.latents_of(video.flatten(0, 1), frame_keys).unflatten(0, (b, f)).transpose(1, 2)
+
+    def video_loss(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        """Video training on clips ``(B, F, 3, H, W)``, one timestep per clip. With I2V-Adapter the first frame
+        is never noised and is left out of the loss (Guo et al., 2024)."""
+        from vadapt.adapters.i2v_adapter import i2v_loss, noise_all_but_first
+
+        video = batch["video"]
+        b, f = video.shape[:2]
+        latents = self.video_latents(video, batch.get("key"))
+        timesteps, generator = self.sample_timesteps(b, stage, latents.device)
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+        scheduler = self.noise_scheduler
+        if self.is_i2v():
+            noisy = noise_all_but_first(latents, noise, timesteps, scheduler)
+        else:
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = scheduler.get_velocity(latents, noise, timesteps) if self.prediction_type == "v_prediction" else noise
+        cond = self.text_condition(self.prompts_of(batch, b, stage), repeat=f)
+        pred = self.backbone.unet(noisy, timesteps, **cond).sample
+        if self.is_i2v():
+            return i2v_loss(pred, target)
+        return F.mse_loss(pred.float(), target.float())
+
+    def camera_condition(self, cameras: torch.Tensor | None, copies: int = 1) -> dict[str, Any]:
+        """UNet residuals of the MV-Adapter condition encoder for camera maps ``(b, N, 6, H, W)`` (repeated
+        ``copies`` times along the batch, e.g. 2 under classifier-free guidance: the official never drops it)."""
+        if cameras is None or getattr(self.backbone, "mv_condition_encoder", None) is None:
+            return {}
+        from vadapt.adapters.mv_adapter import unet_kwargs_with_condition
+
+        flat = cameras.flatten(0, 1)
+        return unet_kwargs_with_condition(self.backbone, torch.cat([flat] * copies))
+
+    def reference_context(self, reference: torch.Tensor | None, prompts: Sequence[str], uncond_copies: int = 0):
+        """The MV-Adapter reference pass (image-to-multiview) as a context manager; a no-op without a
+        reference or a reference branch. ``uncond_copies`` zero-feature objects go first (guidance)."""
+        from contextlib import nullcontext
+
+        config = self.adapter_config
+        if reference is None or not getattr(config, "use_ref", False):
+            return nullcontext()
+        from vadapt.adapters import mv_adapter as mv
+
+        latents = self.latents_of(reference)
+        text = self.text_condition(prompts)
+        feats = mv.compute_reference_features(self.backbone, latents, **text)
+        if uncond_copies:
+            feats = {k: torch.cat([torch.zeros_like(v)] * uncond_copies + [v]) for k, v in feats.items()}
+        return mv.use_reference(self.backbone, feats)
 
     def _log_scores(self, stage: str) -> None:
         metric = self.losses[f"{stage}_loss"]
@@ -243,36 +330,132 @@ class DiffusionAdapterTask(BaseTask):
         negative_prompt: str = "",
         sampler: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        num_views: int | None = None,
+        cameras: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+        num_frames: int | None = None,
+        first_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sample images ``(B, 3, height, width)`` in [0, 1] for ``prompts``.
+        """Sample ``(B, 3, height, width)`` images in [0, 1] for ``prompts`` (``multiview``: ``(B, N, 3, H, W)``).
 
         Classifier-free guidance ``eps = eps_u + s (eps_c - eps_u)`` when ``guidance_scale > 1``; the scheduler is
         the base's (``sampler``: ``ddim``, ``euler``, ``dpm``); ``progress(step, total)`` is called after each
-        denoising step (the CLI draws a progress bar with it).
+        denoising step (the CLI draws a progress bar with it). Multi-view: ``num_views`` (default the task's),
+        ``cameras`` ``(B, N, 6, H, W)`` (default the official orthographic orbit of MV-Adapter) and, for an
+        image-to-multiview adapter, ``reference`` ``(B, 3, H, W)`` in [0, 1]. Video: ``(B, F, 3, H, W)`` clips of
+        ``num_frames``; with I2V-Adapter ``first_frame`` ``(B, 3, H, W)`` in [0, 1] is required, kept exactly as
+        frame 0, and the other frames start from the Frame Similarity Prior.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.check_size(height, width)
+        kind = self.hparams["kind"]
+        per = 1
+        if kind == "multiview":
+            per = num_views or self.hparams["num_views"]
+            from vadapt.adapters import mv_adapter as mv
+
+            mv.set_num_views(self.backbone, per)  # a count the adapter refuses fails here, before denoising
+            if cameras is None:
+                cameras = default_cameras(per, height, width).expand(len(prompts), -1, -1, -1, -1)
+        if kind == "video":
+            return self.generate_video(prompts, height, width, seed, num_inference_steps, guidance_scale,
+                                       negative_prompt, sampler, progress, num_frames, first_frame)
         steps = num_inference_steps or self.hparams["num_inference_steps"]
         scale = self.hparams["guidance_scale"] if guidance_scale is None else guidance_scale
         scheduler = self.backbone.make_scheduler(sampler or self.hparams["sampler"])
         scheduler.set_timesteps(steps, device=self.device)
         unet = self.backbone.unet
         f = self.backbone.vae_scale_factor
-        channels = unet.config.in_channels
         generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(len(prompts), channels, height // f, width // f, generator=generator)
-        latents = latents.to(self.device) * scheduler.init_noise_sigma
+        shape = (len(prompts) * per, unet.config.in_channels, height // f, width // f)
+        latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
         guided = scale > 1
-        cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts)
+        copies = 2 if guided else 1
+        cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts, repeat=per)
+        residuals = self.camera_condition(cameras.to(self.device) if cameras is not None else None, copies)
+        if reference is not None:
+            reference = reference.to(self.device)
+        with self.reference_context(reference, prompts, uncond_copies=1 if guided else 0):
+            for i, t in enumerate(scheduler.timesteps):
+                model_in = scheduler.scale_model_input(torch.cat([latents] * copies), t)
+                extra = {k: list(v) for k, v in residuals.items()}  # the UNet consumes its residual list
+                pred = unet(model_in, t, **cond, **extra).sample
+                if guided:
+                    uncond, text = pred.chunk(2)
+                    pred = uncond + scale * (text - uncond)
+                latents = scheduler.step(pred, t, latents).prev_sample
+                if progress is not None:
+                    progress(i + 1, steps)
+        images = ((self.backbone.decode_latents(latents).float() + 1) / 2).clamp(0, 1)
+        return images.unflatten(0, (len(prompts), per)) if kind == "multiview" else images
+
+    @torch.no_grad()
+    def generate_video(
+        self,
+        prompts: list[str],
+        height: int,
+        width: int,
+        seed: int = 0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str = "",
+        sampler: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        num_frames: int | None = None,
+        first_frame: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Clips ``(B, F, 3, H, W)`` in [0, 1] (see :meth:`generate`)."""
+        from vadapt.adapters import i2v_adapter as i2v
+
+        frames = num_frames or self.hparams["num_frames"]
+        i2v_mode = self.is_i2v()
+        if i2v_mode and first_frame is None:
+            raise ValueError("an I2V-Adapter generates from a first frame: give first_frame (B, 3, H, W)")
+        if first_frame is not None and tuple(first_frame.shape[-2:]) != (height, width):
+            raise ValueError(f"the first frame is {tuple(first_frame.shape[-2:])} but the clip is {(height, width)}")
+        steps = num_inference_steps or self.hparams["num_inference_steps"]
+        scale = self.hparams["guidance_scale"] if guidance_scale is None else guidance_scale
+        scheduler = self.backbone.make_scheduler(sampler or self.hparams["sampler"])
+        scheduler.set_timesteps(steps, device=self.device)
+        f = self.backbone.vae_scale_factor
+        generator = torch.Generator().manual_seed(seed)
+        channels = self.backbone.unet.config.in_channels
+        if i2v_mode:
+            first = self.latents_of(first_frame.to(self.device).expand(len(prompts), -1, -1, -1))
+            config = self.adapter_config
+            abar = i2v.prior_alpha_bar(scheduler, config.fsp_timestep)
+            latents = i2v.frame_similarity_prior(first.cpu(), frames, abar, generator, config.fsp_mask_ratio,
+                                                 config.fsp_blur_kernel, config.fsp_blur_sigma).to(self.device)
+        else:
+            shape = (len(prompts), channels, frames, height // f, width // f)
+            latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
+        guided = scale > 1
+        copies = 2 if guided else 1
+        cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts, repeat=frames)
         for i, t in enumerate(scheduler.timesteps):
-            model_in = torch.cat([latents] * 2) if guided else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            pred = unet(model_in, t, **cond).sample
+            model_in = scheduler.scale_model_input(torch.cat([latents] * copies), t)
+            pred = self.backbone.unet(model_in, t, **cond).sample
             if guided:
                 uncond, text = pred.chunk(2)
                 pred = uncond + scale * (text - uncond)
-            latents = scheduler.step(pred, t, latents).prev_sample
+            if i2v_mode:
+                latents = i2v.step_all_but_first(scheduler, pred, t, latents)
+            else:
+                latents = scheduler.step(pred, t, latents).prev_sample
             if progress is not None:
                 progress(i + 1, steps)
-        images = self.backbone.decode_latents(latents)
-        return ((images.float() + 1) / 2).clamp(0, 1)
+        flat = latents.transpose(1, 2).flatten(0, 1)  # (B * F, c, h, w)
+        clips = ((self.backbone.decode_latents(flat).float() + 1) / 2).clamp(0, 1)
+        return clips.unflatten(0, (len(prompts), frames))
+
+
+def default_cameras(num_views: int, height: int, width: int) -> torch.Tensor:
+    """MV-Adapter's camera maps ``(1, N, 6, H, W)``: the official six orthographic views for ``N = 6``, else
+    ``N`` views evenly spaced in azimuth at elevation 0."""
+    from vadapt.adapters.mv_adapter.camera import official_six_view_cameras, orbit_cameras, ortho_camera_maps
+
+    if num_views == 6:
+        c2w = official_six_view_cameras()
+    else:
+        c2w = orbit_cameras([0.0] * num_views, [360.0 * v / num_views - 90 for v in range(num_views)])
+    return ortho_camera_maps(c2w, height, width).unsqueeze(0)

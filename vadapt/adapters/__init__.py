@@ -13,6 +13,7 @@ from .base import ADAPTERS, AdapterConfig, AdapterMethod, find_targets
 from .bottleneck import BottleneckConfig  # each method's package registers itself in ADAPTERS
 from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
+from .i2v_adapter import I2VAdapterConfig
 from .idpt import IDPTConfig
 from .lora import LoraConfig
 from .mv_adapter import MVAdapterConfig
@@ -56,6 +57,7 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
-    "IDPTConfig", "LoraConfig", "MVAdapterConfig", "PointPEFTConfig", "QVDoraConfig", "SaltConfig", "VPTConfig",
+    "I2VAdapterConfig", "IDPTConfig", "LoraConfig", "MVAdapterConfig", "PointPEFTConfig", "QVDoraConfig",
+    "SaltConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]
