@@ -2,6 +2,7 @@
 
 from .base import BaseTask
 from .change_detection import ChangeDetectionTask
+from .generation import DiffusionAdapterTask
 from .part_segmentation import PartIoU, PartSegmentationTask
 from .point_classification import PointClassificationTask
 from .point_pretrain import PointMAEPretrainTask
@@ -10,8 +11,8 @@ from .segmentation import SemanticSegmentationTask
 
 TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask",
          "vadapt.tasks.PromptableSegmentationTask", "vadapt.tasks.PointClassificationTask",
-         "vadapt.tasks.PointMAEPretrainTask", "vadapt.tasks.PartSegmentationTask"]
+         "vadapt.tasks.PointMAEPretrainTask", "vadapt.tasks.PartSegmentationTask", "vadapt.tasks.DiffusionAdapterTask"]
 
-__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "EmbeddingCache", "PartIoU", "PartSegmentationTask",
-           "PointClassificationTask",
-           "PointMAEPretrainTask", "PromptableSegmentationTask", "SemanticSegmentationTask"]
+__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "DiffusionAdapterTask", "EmbeddingCache", "PartIoU",
+           "PartSegmentationTask", "PointClassificationTask", "PointMAEPretrainTask", "PromptableSegmentationTask",
+           "SemanticSegmentationTask"]

@@ -19,6 +19,7 @@ from .lora import LoraConfig
 from .mv_adapter import MVAdapterConfig
 from .point_peft import PointPEFTConfig
 from .qv_dora import QVDoraConfig
+from .resadapter import ResAdapterConfig
 from .salt import SaltConfig
 from .vpt import VPTConfig
 
@@ -58,6 +59,6 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
     "I2VAdapterConfig", "IDPTConfig", "LoraConfig", "MVAdapterConfig", "PointPEFTConfig", "QVDoraConfig",
-    "SaltConfig", "VPTConfig",
+    "ResAdapterConfig", "SaltConfig", "VPTConfig",
     "apply_adapter", "can_merge", "find_targets", "merge_adapter",
 ]

@@ -1,0 +1,126 @@
+"""DiffusionAdapterTask: training only the adapter on a frozen diffusion base, adapter files, sampling, the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import train_steps
+
+from vadapt.adapters import I2VAdapterConfig, MVAdapterConfig
+from vadapt.backbones import create_backbone
+from vadapt.checkpoint import load_task, save_adapter
+from vadapt.cli import main
+from vadapt.tasks.generation import DiffusionAdapterTask
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, str]:
+    """Tiny bases saved as diffusers folders, so a reloaded task gets the very same frozen weights."""
+    root = tmp_path_factory.mktemp("bases")
+    out = {}
+    for name in ("sd15_test", "animatediff_test"):
+        torch.manual_seed(0)
+        create_backbone(name).save_pretrained(root / name)
+        out[name] = str(root / name)
+    return out
+
+
+def _frozen_state(task: DiffusionAdapterTask) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in task.backbone.named_parameters() if not v.requires_grad}
+
+
+def _assert_only_adapter_trained(task, before, batch, steps=2):
+    trainable = {k: v.detach().clone() for k, v in task.backbone.named_parameters() if v.requires_grad}
+    assert trainable, "the adapter has no trainable parameters"
+    losses = train_steps(task, batch, steps, lr=1e-2)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    after = dict(task.backbone.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in before.items()), "a frozen base weight changed"
+    moved = [k for k, v in trainable.items() if not torch.equal(after[k], v)]
+    assert moved, "no adapter weight moved"
+    for name in ("vae", "text_encoder"):
+        assert not any(p.requires_grad for p in getattr(task.backbone, name).parameters())
+
+
+def test_multiview_task_trains_only_the_adapter_and_round_trips(bases, tmp_path):
+    torch.manual_seed(0)
+    task = DiffusionAdapterTask(backbone="sd15_test", weights=bases["sd15_test"], kind="multiview", num_views=4,
+                                adapter=MVAdapterConfig(num_views=4, use_ref=True))
+    before = _frozen_state(task)
+    g = torch.Generator().manual_seed(0)
+    batch = {"views": torch.rand(2, 4, 3, 32, 32, generator=g), "cameras": torch.rand(2, 4, 6, 32, 32, generator=g),
+             "reference": torch.rand(2, 3, 32, 32, generator=g), "prompt": ["a red cube", "a blue cone"],
+             "key": ["0", "1"]}
+    _assert_only_adapter_trained(task, before, batch)
+    names = {k.split(".")[0] for k, v in task.backbone.named_parameters() if v.requires_grad}
+    assert names == {"unet", "mv_condition_encoder"}
+    # Min-SNR weights (MV-Adapter's gamma 5) are in the loss: the weights differ from 1
+    assert not torch.allclose(task.snr_weights(torch.tensor([10, 500, 990])), torch.ones(3))
+    task.eval()
+    loaded = load_task(save_adapter(task, tmp_path / "mv.safetensors")).eval()
+    with torch.no_grad():
+        assert torch.equal(task._shared_step(batch, "val"), loaded._shared_step(batch, "val"))
+    images = loaded.generate(["a red cube"], 32, 32, num_inference_steps=2, guidance_scale=2.0,
+                             reference=torch.rand(1, 3, 32, 32))
+    assert images.shape == (1, 4, 3, 32, 32) and 0 <= float(images.min()) <= float(images.max()) <= 1
+
+
+def test_video_task_with_i2v_adapter_keeps_the_first_frame(bases, tmp_path):
+    torch.manual_seed(0)
+    task = DiffusionAdapterTask(backbone="animatediff_test", weights=bases["animatediff_test"], kind="video",
+                                num_frames=4, adapter=I2VAdapterConfig(num_frames=4))
+    before = _frozen_state(task)
+    g = torch.Generator().manual_seed(1)
+    batch = {"video": torch.rand(2, 4, 3, 64, 64, generator=g), "prompt": ["a red circle", "a blue square"]}
+    _assert_only_adapter_trained(task, before, batch)
+    # frame 0 is left out of the loss: changing it in the target clip changes nothing once frames 1.. agree
+    task.eval()
+    with torch.no_grad():
+        ref = task._shared_step(batch, "val")
+        other = dict(batch, video=batch["video"].clone())
+        other["video"][:, 0] = torch.rand(2, 3, 64, 64, generator=g)
+        assert not torch.equal(ref, task._shared_step(other, "val"))  # frame 0 conditions the other frames
+    with pytest.raises(ValueError, match="first frame"):
+        task.generate(["a red circle"], 64, 64, num_inference_steps=1)
+    first = torch.rand(1, 3, 64, 64, generator=g)
+    clip = task.generate(["a red circle"], 64, 64, num_inference_steps=2, guidance_scale=1.0, first_frame=first)
+    assert clip.shape == (1, 4, 3, 64, 64)
+    # the first frame's latent is carried through sampling untouched: decoding it gives frame 0 exactly
+    expected = ((task.backbone.decode_latents(task.latents_of(first)) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(clip[:, 0], expected)
+
+
+def test_image_task_generates_and_refuses_bad_sizes_before_denoising(bases):
+    task = DiffusionAdapterTask(backbone="sd15_test", weights=bases["sd15_test"]).eval()
+    calls = []
+    with pytest.raises(ValueError, match="height 30 is not a positive multiple of the VAE factor 8"):
+        task.generate(["a red circle"], 30, 32, progress=lambda i, n: calls.append(i))
+    assert not calls
+    images = task.generate(["a red circle", "a blue square"], 32, 48, num_inference_steps=3,
+                           progress=lambda i, n: calls.append((i, n)))
+    assert images.shape == (2, 3, 32, 48) and calls == [(1, 3), (2, 3), (3, 3)]
+    # the same seed gives the same images; another seed others
+    again = task.generate(["a red circle", "a blue square"], 32, 48, num_inference_steps=3)
+    assert torch.equal(images, again)
+    assert not torch.equal(images, task.generate(["a red circle", "a blue square"], 32, 48, seed=1,
+                                                 num_inference_steps=3))
+
+
+def test_generate_cli_writes_images_and_reports_bad_input(bases, tmp_path, capsys):
+    config = tmp_path / "gen.yaml"
+    config.write_text(
+        "model:\n  class_path: vadapt.tasks.DiffusionAdapterTask\n  init_args:\n"
+        f"    backbone: sd15_test\n    weights: {bases['sd15_test']}\n    num_inference_steps: 2\n"
+    )
+    out = tmp_path / "out"
+    code = main(["generate", "--config", str(config), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--height", "32", "--width", "32", "--num-images", "2", "--output", str(out), "--quiet"])
+    assert code == 0
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == ["a-blue-square_seed1_0.png", "a-blue-square_seed1_1.png", "a-red-circle_seed0_0.png",
+                       "a-red-circle_seed0_1.png"]
+    assert "wrote 4 file(s)" in capsys.readouterr().out
+    code = main(["generate", "--config", str(config), "--prompt", "x", "--height", "33", "--width", "32",
+                 "--output", str(tmp_path / "bad"), "--quiet"])
+    assert code == 2 and "multiple of the VAE factor" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
