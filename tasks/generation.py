@@ -374,7 +374,7 @@ class DiffusionAdapterTask(BaseTask):
         cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts, repeat=per)
         residuals = self.camera_condition(cameras.to(self.device) if cameras is not None else None, copies)
         if reference is not None:
-            reference = reference.to(self.device)
+            reference = reference.to(self.device).expand(len(prompts), -1, -1, -1)
         with self.reference_context(reference, prompts, uncond_copies=1 if guided else 0):
             for i, t in enumerate(scheduler.timesteps):
                 model_in = scheduler.scale_model_input(torch.cat([latents] * copies), t)

@@ -124,3 +124,35 @@ def test_generate_cli_writes_images_and_reports_bad_input(bases, tmp_path, capsy
                  "--output", str(tmp_path / "bad"), "--quiet"])
     assert code == 2 and "multiple of the VAE factor" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_generate_cli_video_and_multiview_outputs(bases, tmp_path):
+    from PIL import Image
+
+    first = tmp_path / "first.png"
+    Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(first)
+    cases = {
+        "video": (f"    backbone: animatediff_test\n    weights: {bases['animatediff_test']}\n    kind: video\n"
+                  "    num_frames: 3\n    adapter:\n      class_path: vadapt.adapters.I2VAdapterConfig\n"
+                  "      init_args: {num_frames: 3}\n", ["--first-frame", str(first)], ".gif"),
+        "multiview": (f"    backbone: sd15_test\n    weights: {bases['sd15_test']}\n    kind: multiview\n"
+                      "    adapter:\n      class_path: vadapt.adapters.MVAdapterConfig\n"
+                      "      init_args: {num_views: 2, use_ref: true}\n", ["--reference", str(first),
+                                                                          "--num-views", "2"], "_views.png"),
+    }
+    for kind, (init_args, extra, suffix) in cases.items():
+        config = tmp_path / f"{kind}.yaml"
+        config.write_text("model:\n  class_path: vadapt.tasks.DiffusionAdapterTask\n  init_args:\n"
+                          f"    num_inference_steps: 1\n{init_args}")
+        base = ["generate", "--config", str(config), "--prompt", "a red cube", "--height", "64", "--width", "64",
+                "--output", str(tmp_path / kind), "--quiet"]
+        # the image input is required: one sentence, exit code 2, nothing denoised
+        assert main(base) == 2
+        assert main(base + extra) == 0
+        (written,) = (tmp_path / kind).iterdir()
+        assert written.name.endswith(suffix)
+        with Image.open(written) as image:
+            if kind == "video":
+                assert image.n_frames == 3 and image.size == (64, 64)
+            else:
+                assert image.size == (2 * 64, 64)

@@ -62,7 +62,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "generate", help="sample images with a diffusion adapter (config or adapter checkpoint)",
         description="Sample images from a DiffusionAdapterTask built from --config (its model section) or loaded "
         "from --checkpoint (an adapter .safetensors), with a progress bar over the denoising steps. Writes "
-        "OUTPUT/<prompt>_seed<S>_<n>.png.",
+        "OUTPUT/<prompt>_seed<S>_<n>.png (video tasks: .gif; multi-view: one _views.png row per object).",
     )
     gen.add_argument("--config", help="generation YAML (its model section is built)")
     gen.add_argument("--checkpoint", help="adapter .safetensors of a DiffusionAdapterTask")
@@ -76,6 +76,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--steps", type=int, help="denoising steps (default: the task's num_inference_steps)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the task's)")
     gen.add_argument("--sampler", choices=("ddim", "euler", "dpm"), help="scheduler (default: the task's)")
+    gen.add_argument("--first-frame", help="video (I2V-Adapter): the image to animate")
+    gen.add_argument("--num-frames", type=int, help="video: frames per clip (default: the task's)")
+    gen.add_argument("--reference", help="multi-view (image-to-multiview MV-Adapter): the reference image")
+    gen.add_argument("--num-views", type=int, help="multi-view: views per object (default: the task's)")
     gen.add_argument("--output", required=True, help="output folder")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -256,7 +260,8 @@ def run_generate(args: argparse.Namespace) -> int:
                           checkpoint=args.checkpoint, weights=args.weights, seed=args.seed,
                           num_images=args.num_images, steps=args.steps, guidance=args.guidance,
                           negative_prompt=args.negative_prompt, sampler=args.sampler, device=args.device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, first_frame=args.first_frame, reference=args.reference,
+                          num_frames=args.num_frames, num_views=args.num_views)
     except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
-"""``vadapt generate``: sample images from a diffusion task built from a config or an adapter checkpoint.
+"""``vadapt generate``: sample from a diffusion task built from a config or an adapter checkpoint.
 
-Images are written as PNG (``<output>/<seed>_<n>.png``), each atomically (a temporary name, then a rename), with
-a progress bar over the denoising steps. Bad sizes and prompts fail with one sentence before any denoising.
+Images are written as PNG (``<output>/<prompt>_seed<S>_<n>.png``), clips (video tasks) as animated GIF, and
+multi-view sets as one PNG grid (views side by side); each file atomically (a temporary name, then a rename),
+with a progress bar over the denoising steps. Bad sizes, a missing first frame or reference image, a view count
+the adapter refuses: one sentence before any denoising.
 """
 
 from __future__ import annotations
@@ -57,6 +59,29 @@ def write_png(array: np.ndarray, path: Path) -> Path:
     return path
 
 
+def write_gif(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
+    """``(F, H, W, 3)`` uint8 -> an animated GIF, looping."""
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp.gif")
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    tmp.replace(path)
+    return path
+
+
+def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An RGB image file resized to ``(1, 3, height, width)`` in [0, 1]; one sentence if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((width, height), Image.BICUBIC)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"{path} could not be read as an image ({exc})") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:limit] or "image"
@@ -78,15 +103,33 @@ def generate(
     sampler: str | None = None,
     device: str = "cpu",
     progress: bool = True,
-    **extra: Any,
+    first_frame: str | None = None,
+    reference: str | None = None,
+    num_frames: int | None = None,
+    num_views: int | None = None,
 ) -> GenerateReport:
-    """Sample ``num_images`` per prompt and write them to ``output`` (see module docstring)."""
+    """Sample ``num_images`` per prompt and write them to ``output`` (see module docstring); ``first_frame`` (I2V)
+    and ``reference`` (image-to-multiview) are image files, resized to the output size."""
     from tqdm.auto import tqdm
 
     if not prompts:
         raise ValueError("give at least one --prompt")
     task = load_generation_task(config, checkpoint, weights).to(device)
     task.check_size(height, width)  # before anything is written or denoised
+    kind = task.hparams["kind"]
+    extra: dict[str, Any] = {}
+    if kind == "video":
+        extra["num_frames"] = num_frames
+        if first_frame:
+            extra["first_frame"] = read_image(first_frame, height, width)
+        elif task.is_i2v():
+            raise ValueError("this I2V-Adapter animates an image: give --first-frame IMAGE")
+    elif kind == "multiview":
+        extra["num_views"] = num_views
+        if reference:
+            extra["reference"] = read_image(reference, height, width)
+        elif getattr(task.adapter_config, "use_ref", False):
+            raise ValueError("this image-to-multiview adapter needs --reference IMAGE")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     report = GenerateReport()
@@ -103,6 +146,13 @@ def generate(
                                guidance_scale=guidance, negative_prompt=negative_prompt, sampler=sampler,
                                progress=tick, **extra)
         bar.close()
-        for n, array in enumerate(to_uint8(images)):
-            report.written.append(write_png(array, out / f"{slug(prompt)}_seed{seed + p_index}_{n}.png"))
+        stem = f"{slug(prompt)}_seed{seed + p_index}"
+        for n, sample in enumerate(images):
+            if kind == "video":  # (F, 3, H, W)
+                report.written.append(write_gif(to_uint8(sample), out / f"{stem}_{n}.gif"))
+            elif kind == "multiview":  # (N, 3, H, W) -> one row of views
+                grid = np.concatenate(list(to_uint8(sample)), axis=1)
+                report.written.append(write_png(grid, out / f"{stem}_{n}_views.png"))
+            else:
+                report.written.append(write_png(to_uint8(sample[None])[0], out / f"{stem}_{n}.png"))
     return report
