@@ -66,6 +66,7 @@ class DiffusionAdapterTask(BaseTask):
         weight_decay: float = 1e-2,
         warmup_steps: int = 0,
         grad_checkpointing: bool = False,
+        train_unet: bool = False,
     ) -> None:
         """
         Args:
@@ -84,6 +85,8 @@ class DiffusionAdapterTask(BaseTask):
             num_frames: frames per clip (``video``), num_views: views per object (``multiview``).
             lr, weight_decay, warmup_steps: AdamW with linear warm-up and decay, over the adapter only.
             grad_checkpointing: recompute the UNet's activations in backward (diffusers' own checkpointing).
+            train_unet: fine-tune the whole UNet too (the VAE and text encoders stay frozen): the full
+                fine-tuning baseline, and how the offline demo base is pretrained.
         """
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
@@ -105,6 +108,8 @@ class DiffusionAdapterTask(BaseTask):
     def configure_backbone(self) -> None:
         super().configure_backbone()
         unet = self.backbone.unet
+        if self.hparams["train_unet"]:
+            unet.requires_grad_(True)
         if self.hparams["grad_checkpointing"] and hasattr(unet, "enable_gradient_checkpointing"):
             unet.enable_gradient_checkpointing()
         self._latent_cache: dict[str, torch.Tensor] = {}
