@@ -835,12 +835,14 @@ def primitive_sdf(shape: str, p: np.ndarray, size: float) -> np.ndarray:
 
 def render_primitive(shape: str, c2w: torch.Tensor | np.ndarray, size: Bucket, colour: Sequence[int],
                      background: Sequence[int] = (0, 0, 0), object_size: float = 1.0, yaw_deg: float = 0.0,
-                     half_extent: float = 0.6, light: Sequence[float] = (0.45, -0.6, 0.65),
-                     ambient: float = 0.35, steps: int = 64) -> np.ndarray:
+                     half_extent: float = 0.6,
+                     lights: Sequence[Sequence[float]] = ((0.45, -0.6, 0.65, 0.6), (-0.7, 0.6, 0.15, 0.3)),
+                     ambient: float = 0.25, steps: int = 64) -> np.ndarray:
     """Orthographic renderings of a flat-coloured, Lambert-shaded primitive (sphere tracing of its SDF): uint8
     ``(N, h, w, 3)`` for cameras ``c2w`` ``(N, 4, 4)`` (``vadapt.adapters.mv_adapter.camera`` convention: world z
     up, camera looks along -z). The views span ``[-half_extent, half_extent]`` vertically; the object turns by
-    ``yaw_deg`` about z; the light direction is fixed in the world, so views from different sides differ."""
+    ``yaw_deg`` about z. ``lights`` are ``(x, y, z, strength)`` directional lights fixed in the world (a key and a
+    weaker fill from the other side), so views from different sides differ, even of a sphere or a cylinder."""
     c2w = np.asarray(c2w, dtype=np.float64).reshape(-1, 4, 4)
     h, w = size
     half_w = half_extent * w / h
@@ -848,8 +850,8 @@ def render_primitive(shape: str, c2w: torch.Tensor | np.ndarray, size: Bucket, c
     xs = (2.0 * (np.arange(w) + 0.5) / w - 1.0) * half_w
     yaw = math.radians(yaw_deg)
     rot = np.array([[math.cos(yaw), -math.sin(yaw), 0.0], [math.sin(yaw), math.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
-    light_dir = np.asarray(light, dtype=np.float64)
-    light_dir = light_dir / np.linalg.norm(light_dir)
+    light_arr = np.asarray(lights, dtype=np.float64).reshape(-1, 4)
+    light_dirs = light_arr[:, :3] / np.linalg.norm(light_arr[:, :3], axis=1, keepdims=True)
 
     def sdf(points: np.ndarray) -> np.ndarray:  # world -> object frame (rotate by -yaw)
         return primitive_sdf(shape, points @ rot, object_size)
@@ -868,7 +870,7 @@ def render_primitive(shape: str, c2w: torch.Tensor | np.ndarray, size: Bucket, c
         eps = 1e-3
         normal = np.stack([sdf(points + eps * e) - sdf(points - eps * e) for e in np.eye(3)], -1)
         normal /= np.linalg.norm(normal, axis=-1, keepdims=True) + 1e-12
-        shade = ambient + (1.0 - ambient) * np.clip(normal @ light_dir, 0.0, 1.0)
+        shade = np.minimum(ambient + np.clip(normal @ light_dirs.T, 0.0, None) @ light_arr[:, 3], 1.0)
         colour_px = np.asarray(colour, dtype=np.float64) * shade[..., None]
         image = np.where(hit[..., None], colour_px, np.asarray(background, dtype=np.float64))
         out[v] = np.clip(np.round(image), 0, 255).astype(np.uint8)
