@@ -156,3 +156,27 @@ def test_generate_cli_video_and_multiview_outputs(bases, tmp_path):
                 assert image.n_frames == 3 and image.size == (64, 64)
             else:
                 assert image.size == (2 * 64, 64)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("config", "trainable"), [
+    ("resadapter_sd15.yaml", 970_240),  # sampler-conv LoRA 870,400 + resnet norms 99,840 (official release)
+    ("i2v_adapter_sd15.yaml", 24_793_280),  # new query + zero-initialised output per spatial attn1 (16 of them)
+    ("mv_adapter_sd21.yaml", 127_496_320),  # row-wise MV attention + T2IAdapter (authors: 127.5 M)
+])
+def test_real_generation_configs_params(config, trainable, capsys):
+    """The real-architecture configs build on the meta device (no weights) with the papers' trainable counts."""
+    import json
+
+    main(["params", "--config", str(REPO / "configs" / config), "--json"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["trainable"] == got["adapter"] == trainable
+
+
+@pytest.mark.parametrize("config", ["resadapter_sd15_test.yaml", "i2v_adapter_test.yaml", "mv_adapter_test.yaml"])
+def test_tiny_generation_configs_fit(config, tmp_path):
+    """The tiny counterparts of the three configs run through LightningCLI (fast_dev_run)."""
+    main(["fit", "--config", str(REPO / "tests" / "conf" / config), "--trainer.fast_dev_run", "true",
+          "--trainer.default_root_dir", str(tmp_path)])
