@@ -60,6 +60,8 @@ def test_multiview_task_trains_only_the_adapter_and_round_trips(bases, tmp_path)
     loaded = load_task(save_adapter(task, tmp_path / "mv.safetensors")).eval()
     with torch.no_grad():
         assert torch.equal(task._shared_step(batch, "val"), loaded._shared_step(batch, "val"))
+    with pytest.raises(ValueError, match="trained for 4 views, so 3 views are refused"):
+        loaded.generate(["a red cube"], 32, 32, num_views=3, progress=lambda i, n: pytest.fail("denoised"))
     images = loaded.generate(["a red cube"], 32, 32, num_inference_steps=2, guidance_scale=2.0,
                              reference=torch.rand(1, 3, 32, 32))
     assert images.shape == (1, 4, 3, 32, 32) and 0 <= float(images.min()) <= float(images.max()) <= 1

@@ -203,7 +203,7 @@ def test_row_wise_attention_rows_only() -> None:
 
 def test_view_count_errors_and_strict_mode() -> None:
     holder = tiny_holder()
-    inject_mv_adapter(holder, MVAdapterConfig(num_views=6, use_condition=False))
+    inject_mv_adapter(holder, MVAdapterConfig(num_views=6, use_condition=False, strict_num_views=False))
     with pytest.raises(ValueError, match=r"trained for 6 views, so 4 views are refused") as err:
         set_num_views(holder, 4, strict=True)
     assert str(err.value).count(". ") == 0  # one sentence
@@ -215,7 +215,7 @@ def test_view_count_errors_and_strict_mode() -> None:
     with torch.no_grad():
         holder.unet(x, t, encoder_hidden_states=text)
     strict = tiny_holder()
-    inject_mv_adapter(strict, MVAdapterConfig(num_views=2, use_condition=False, strict_num_views=True))
+    inject_mv_adapter(strict, MVAdapterConfig(num_views=2, use_condition=False))  # strict by default
     with pytest.raises(ValueError, match="trained for 2 views"):
         set_num_views(strict, 3)
 

@@ -66,7 +66,8 @@ class MVAdapterConfig(AdapterConfig):
         zero_init_out: zero ``to_out_mv`` / ``to_out_ref`` (weight and bias), so the adapted UNet starts equal to
             the base (official).
         snr_gamma: Min-SNR ``gamma`` of the training loss (official 5.0; ``None`` = plain MSE).
-        strict_num_views: :func:`set_num_views` refuses a view count other than ``num_views``.
+        strict_num_views: :func:`set_num_views` refuses a view count other than ``num_views`` (default: one
+            sentence before any denoising; the row-wise attention itself runs on any count, ``False`` allows it).
     """
 
     num_views: int = 6
@@ -82,7 +83,7 @@ class MVAdapterConfig(AdapterConfig):
     copy_attn_weights: bool = True
     zero_init_out: bool = True
     snr_gamma: float | None = 5.0
-    strict_num_views: bool = False
+    strict_num_views: bool = True
 
     method = "mv_adapter"
 
