@@ -81,6 +81,8 @@ def test_fast_dev_run_every_shipped_config(config, tmp_path):
     cfg = yaml.safe_load(config.read_text())
     args = cfg["model"]["init_args"]
     entry = BACKBONES.get(args["backbone"])
+    if entry.family == "diffusion":  # image / clip / view sizes and tiny bases differ per kind: explicit twins
+        pytest.skip(f"{config.name}: its tiny counterpart in tests/conf runs in tests/test_generation.py")
     try:
         resolve_weights(args.get("weights"), entry.weights, entry.name)
     except WeightsNotFoundError:
