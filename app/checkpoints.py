@@ -10,7 +10,7 @@ from typing import Any
 
 from .limits import AppError
 
-KINDS = ("segment", "prompt", "change")
+KINDS = ("segment", "prompt", "change", "points", "generate")
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,11 @@ class CheckpointInfo:
 
 def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
     """Which tabs a checkpoint belongs to: change detection, promptable SAM (``prompt``; also ``segment`` when it
-    segments without prompts), point clouds (``points``, the 3D tab), or semantic segmentation."""
+    segments without prompts), point clouds (``points``, the 3D tab), diffusion adapters (``generate``), or
+    semantic segmentation."""
     task = manifest["task"].rsplit(".", 1)[-1]
+    if task == "DiffusionAdapterTask":
+        return frozenset({"generate"})
     if task == "ChangeDetectionTask":
         return frozenset({"change"})
     if task == "PromptableSegmentationTask":  # prompt-free (MapSAM "automatic", SALT "learned") also segments
@@ -86,9 +89,22 @@ def find_checkpoints(folders: list[Path]) -> tuple[list[CheckpointInfo], list[st
 
 def sidecar_weights(path: Path) -> Path | None:
     """``NAME.weights.safetensors`` beside ``NAME.safetensors``: the frozen backbone weights of a checkpoint
-    whose backbone has no upstream file (the demo's random-init tiny SAM)."""
+    whose backbone has no upstream file (the demo's random-init tiny SAM). Else a *relative* ``weights`` path of
+    the manifest that exists beside the checkpoint (the demo's tiny diffusion bases, saved as diffusers folders
+    next to their adapters), so such a folder of checkpoints can move as a whole."""
     candidate = path.with_name(path.name.removesuffix(".safetensors") + ".weights.safetensors")
-    return candidate if candidate.is_file() else None
+    if candidate.is_file():
+        return candidate
+    from vadapt.checkpoint import read_manifest
+
+    try:
+        weights = read_manifest(path)["init_args"].get("weights")
+    except (OSError, KeyError, ValueError):
+        return None
+    if not isinstance(weights, str) or weights in ("", "pretrained") or Path(weights).is_absolute():
+        return None
+    beside = path.parent / weights
+    return beside if beside.exists() and beside.resolve().is_relative_to(path.parent.resolve()) else None
 
 
 class ModelCache:

@@ -1,6 +1,6 @@
 """The built-in demo: small adapter checkpoints made by the project's own recipes, and example images.
 
-``python -m vadapt.app.demo_files --output data/demo`` (re)builds the three shipped checkpoints (~3 min on a
+``python -m vadapt.app.demo_files --output data/demo`` (re)builds the shipped checkpoints (~3 min on a
 2-core CPU); ``vadapt demo`` without ``--checkpoints`` uses ``data/demo`` when it holds them and otherwise builds
 the missing ones into ``~/.cache/vadapt/demo`` on first start, printing progress:
 
@@ -12,6 +12,11 @@ the missing ones into ``~/.cache/vadapt/demo`` on first start, printing progress
   (upstream SAM format) and the app loads them from there (:func:`vadapt.app.checkpoints.sidecar_weights`).
 * ``change_tiny.safetensors``: PeftCD change detection (real EfficientNet-Lite0 + LoRA) trained briefly on
   synthetic changes (patches of the scene pasted elsewhere) in RGB.
+* ``resadapter_tiny.safetensors``, ``i2v_tiny.safetensors``, ``mv_tiny.safetensors`` (the Generate tab): a
+  ResAdapter, an I2V-Adapter and an image-to-multiview MV-Adapter with RANDOM weights on tiny random-init bases
+  (``sd15_test`` / ``animatediff_test``), which are saved beside them as diffusers folders ``sd15_tiny_base/``
+  and ``animatediff_tiny_base/`` (:func:`vadapt.app.generate.make_demo_checkpoints`, a few seconds). They show
+  the plumbing of the tab, not image quality.
 
 The tiny models are for trying the app, not for accuracy.
 """
@@ -35,7 +40,8 @@ SCENE = REPO / "data" / "cloud_scene" / "sentinel2_l1c_384.npz"
 QUICKSTART = "quickstart_cloud.safetensors"
 SAM = "sam_tiny_cloud.safetensors"
 CHANGE = "change_tiny.safetensors"
-CHECKPOINTS = (QUICKSTART, SAM, CHANGE)
+GENERATION = ("resadapter_tiny.safetensors", "i2v_tiny.safetensors", "mv_tiny.safetensors")  # see .generate
+CHECKPOINTS = (QUICKSTART, SAM, CHANGE, *GENERATION)
 CLOUD_CODE = 4  # the scene's reference code for cloud
 SAM_SIZE = 128
 
@@ -240,6 +246,10 @@ def build(folder: Path, names: list[str] | None = None, progress: Progress = pri
         make_sam(folder, progress=progress)
     if CHANGE in names:
         make_change(folder, progress=progress)
+    if any(name in names for name in GENERATION):  # all three at once: they share the tiny bases
+        from .generate import make_demo_checkpoints
+
+        make_demo_checkpoints(folder, progress)
 
 
 def main(argv: list[str] | None = None) -> int:

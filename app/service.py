@@ -203,6 +203,10 @@ class Demo:
         """The `vadapt infer` command for a folder of images with the chosen checkpoint."""
         info = self.checkpoints.get(label or "")
         ckpt = str(info.path) if info else "CHECKPOINT.safetensors"
+        if info is not None and "generate" in info.kinds:  # diffusion adapters: `vadapt generate`
+            from .generate import cli_command
+
+            return cli_command(info)
         change = info is not None and "change" in info.kinds
         inputs = "--input-a before/ --input-b after/" if change else "--input scenes/"
         return f"vadapt infer --checkpoint {ckpt} {inputs} --output masks/ --overlay"

@@ -1,4 +1,5 @@
-"""The Gradio page (the only module that imports ``gradio``): five tabs wired to :class:`~.service.Demo`.
+"""The Gradio page (the only module that imports ``gradio`` at import time): six tabs wired to
+:class:`~.service.Demo` (the Generate tab's layout is :func:`.generate.build_tab`, called from here).
 
 Offline by construction: analytics off (``GRADIO_ANALYTICS_ENABLED=False`` before the import), system fonts
 (no web-font fetches), no server-side rendering process, ``share`` only when asked.
@@ -19,6 +20,7 @@ os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 import gradio as gr  # noqa: E402
 
+from . import generate as generation  # noqa: E402
 from .limits import AppError  # noqa: E402
 from .points import UPLOAD_TYPES as POINT_UPLOAD_TYPES  # noqa: E402
 from .prompts import MODES, PromptState  # noqa: E402
@@ -284,6 +286,9 @@ def build(demo: Demo) -> gr.Blocks:
             points_file.change(points_upload, points_file, points_outputs)
             points_run.click(points_go, [points_file, points_ckpt, points_count], points_outputs)
             points_ckpt.change(demo.describe, points_ckpt, points_about)
+
+        # ---------------- Generate ----------------
+        generation.build_tab(demo, shown)
     return page
 
 
