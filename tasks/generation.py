@@ -354,7 +354,7 @@ class DiffusionAdapterTask(BaseTask):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         self.check_size(height, width)
         kind = self.hparams["kind"]
-        per = 1
+        per = 1  # images per prompt in the UNet batch: views or frames
         if kind == "multiview":
             per = num_views or self.hparams["num_views"]
             from vadapt.adapters import mv_adapter as mv
@@ -362,96 +362,73 @@ class DiffusionAdapterTask(BaseTask):
             mv.set_num_views(self.backbone, per)  # a count the adapter refuses fails here, before denoising
             if cameras is None:
                 cameras = default_cameras(per, height, width).expand(len(prompts), -1, -1, -1, -1)
-        if kind == "video":
-            return self.generate_video(prompts, height, width, seed, num_inference_steps, guidance_scale,
-                                       negative_prompt, sampler, progress, num_frames, first_frame)
+        elif kind == "video":
+            per = num_frames or self.hparams["num_frames"]
+            if self.is_i2v() and first_frame is None:
+                raise ValueError("an I2V-Adapter generates from a first frame: give first_frame (B, 3, H, W)")
+            if first_frame is not None and tuple(first_frame.shape[-2:]) != (height, width):
+                raise ValueError(f"the first frame is {tuple(first_frame.shape[-2:])} but the clip is "
+                                 f"{(height, width)}")
         steps = num_inference_steps or self.hparams["num_inference_steps"]
         scale = self.hparams["guidance_scale"] if guidance_scale is None else guidance_scale
         scheduler = self.backbone.make_scheduler(sampler or self.hparams["sampler"])
         scheduler.set_timesteps(steps, device=self.device)
-        unet = self.backbone.unet
-        f = self.backbone.vae_scale_factor
         generator = torch.Generator().manual_seed(seed)
-        shape = (len(prompts) * per, unet.config.in_channels, height // f, width // f)
-        latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
-        guided = scale > 1
-        copies = 2 if guided else 1
-        cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts, repeat=per)
-        residuals = self.camera_condition(cameras.to(self.device) if cameras is not None else None, copies)
-        if reference is not None:
-            reference = reference.to(self.device).expand(len(prompts), -1, -1, -1)
-        with self.reference_context(reference, prompts, uncond_copies=1 if guided else 0):
-            for i, t in enumerate(scheduler.timesteps):
-                model_in = scheduler.scale_model_input(torch.cat([latents] * copies), t)
-                extra = {k: list(v) for k, v in residuals.items()}  # the UNet consumes its residual list
-                pred = unet(model_in, t, **cond, **extra).sample
-                if guided:
-                    uncond, text = pred.chunk(2)
-                    pred = uncond + scale * (text - uncond)
-                latents = scheduler.step(pred, t, latents).prev_sample
-                if progress is not None:
-                    progress(i + 1, steps)
-        images = ((self.backbone.decode_latents(latents).float() + 1) / 2).clamp(0, 1)
-        return images.unflatten(0, (len(prompts), per)) if kind == "multiview" else images
-
-    @torch.no_grad()
-    def generate_video(
-        self,
-        prompts: list[str],
-        height: int,
-        width: int,
-        seed: int = 0,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str = "",
-        sampler: str | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        num_frames: int | None = None,
-        first_frame: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Clips ``(B, F, 3, H, W)`` in [0, 1] (see :meth:`generate`)."""
-        from vadapt.adapters import i2v_adapter as i2v
-
-        frames = num_frames or self.hparams["num_frames"]
-        i2v_mode = self.is_i2v()
-        if i2v_mode and first_frame is None:
-            raise ValueError("an I2V-Adapter generates from a first frame: give first_frame (B, 3, H, W)")
-        if first_frame is not None and tuple(first_frame.shape[-2:]) != (height, width):
-            raise ValueError(f"the first frame is {tuple(first_frame.shape[-2:])} but the clip is {(height, width)}")
-        steps = num_inference_steps or self.hparams["num_inference_steps"]
-        scale = self.hparams["guidance_scale"] if guidance_scale is None else guidance_scale
-        scheduler = self.backbone.make_scheduler(sampler or self.hparams["sampler"])
-        scheduler.set_timesteps(steps, device=self.device)
         f = self.backbone.vae_scale_factor
-        generator = torch.Generator().manual_seed(seed)
         channels = self.backbone.unet.config.in_channels
-        if i2v_mode:
+        step: Callable | None = None
+        if kind == "video" and self.is_i2v():
+            from vadapt.adapters import i2v_adapter as i2v
+
             first = self.latents_of(first_frame.to(self.device).expand(len(prompts), -1, -1, -1))
             config = self.adapter_config
             abar = i2v.prior_alpha_bar(scheduler, config.fsp_timestep)
-            latents = i2v.frame_similarity_prior(first.cpu(), frames, abar, generator, config.fsp_mask_ratio,
+            latents = i2v.frame_similarity_prior(first.cpu(), per, abar, generator, config.fsp_mask_ratio,
                                                  config.fsp_blur_kernel, config.fsp_blur_sigma).to(self.device)
+            step = i2v.step_all_but_first  # frame 0 is carried over untouched
         else:
-            shape = (len(prompts), channels, frames, height // f, width // f)
+            shape = (len(prompts), channels, per, height // f, width // f) if kind == "video" else (
+                len(prompts) * per, channels, height // f, width // f)
             latents = torch.randn(shape, generator=generator).to(self.device) * scheduler.init_noise_sigma
         guided = scale > 1
-        copies = 2 if guided else 1
-        cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts, repeat=frames)
+        cond = self.text_condition(([negative_prompt] * len(prompts) if guided else []) + prompts, repeat=per)
+        residuals = self.camera_condition(cameras.to(self.device) if cameras is not None else None, 1 + guided)
+        if reference is not None:
+            reference = reference.to(self.device).expand(len(prompts), -1, -1, -1)
+        with self.reference_context(reference, prompts, uncond_copies=int(guided)):
+            latents = self.denoise(latents, scheduler, cond, scale, residuals, step, progress)
+        if kind == "video":
+            latents = latents.transpose(1, 2).flatten(0, 1)  # (B, c, F, h, w) -> (B * F, c, h, w)
+        images = ((self.backbone.decode_latents(latents).float() + 1) / 2).clamp(0, 1)
+        return images.unflatten(0, (len(prompts), per)) if kind != "image" else images
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        scheduler: Any,
+        cond: dict[str, Any],
+        guidance_scale: float,
+        residuals: dict[str, list] | None = None,
+        step: Callable | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop over ``scheduler.timesteps`` with classifier-free guidance when ``guidance_scale > 1``
+        (``cond`` then holds the unconditional half first). ``residuals``: condition-encoder residuals, given
+        afresh each step (the UNet consumes the list); ``step(scheduler, pred, t, latents)`` replaces the
+        scheduler's step (I2V keeps frame 0)."""
+        copies = 2 if guidance_scale > 1 else 1
+        total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(torch.cat([latents] * copies), t)
-            pred = self.backbone.unet(model_in, t, **cond).sample
-            if guided:
+            extra = {k: list(v) for k, v in (residuals or {}).items()}
+            pred = self.backbone.unet(model_in, t, **cond, **extra).sample
+            if copies == 2:
                 uncond, text = pred.chunk(2)
-                pred = uncond + scale * (text - uncond)
-            if i2v_mode:
-                latents = i2v.step_all_but_first(scheduler, pred, t, latents)
-            else:
-                latents = scheduler.step(pred, t, latents).prev_sample
+                pred = uncond + guidance_scale * (text - uncond)
+            latents = step(scheduler, pred, t, latents) if step else scheduler.step(pred, t, latents).prev_sample
             if progress is not None:
-                progress(i + 1, steps)
-        flat = latents.transpose(1, 2).flatten(0, 1)  # (B * F, c, h, w)
-        clips = ((self.backbone.decode_latents(flat).float() + 1) / 2).clamp(0, 1)
-        return clips.unflatten(0, (len(prompts), frames))
+                progress(i + 1, total)
+        return latents
 
 
 def default_cameras(num_views: int, height: int, width: int) -> torch.Tensor:
