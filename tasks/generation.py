@@ -400,7 +400,12 @@ class DiffusionAdapterTask(BaseTask):
         if kind == "video":
             latents = latents.transpose(1, 2).flatten(0, 1)  # (B, c, F, h, w) -> (B * F, c, h, w)
         images = ((self.backbone.decode_latents(latents).float() + 1) / 2).clamp(0, 1)
-        return images.unflatten(0, (len(prompts), per)) if kind != "image" else images
+        if kind == "image":
+            return images
+        images = images.unflatten(0, (len(prompts), per))
+        if kind == "video" and self.is_i2v() and self.backbone.vae is None:
+            images[:, 0] = first_frame.to(images)  # pixel space: frame 0 is the input (no [-1, 1] round trip)
+        return images
 
     def denoise(
         self,

@@ -156,6 +156,28 @@ class PointClassificationTask(BaseTask):
         self._preview: list[tuple] = []
 
     # ---- forward -------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Point-PEFT: fill an empty point-prior bank with the frozen encoder's features of the training set
+        (official: built once before fine-tuning), so ``vadapt fit`` trains with the prior as the paper does."""
+        shared = getattr(self.backbone, "point_peft", None)
+        if shared is None or not getattr(shared, "use_prior", False) or shared.bank_size > 0 or self._trainer is None:
+            return
+        from torch.utils.data import DataLoader
+
+        from vadapt.adapters.point_peft import point_prior_features
+
+        data = self.trainer.datamodule
+        if data is None:
+            return
+        # every training cloud once, without augmentation (a shuffled loader may drop the last partial batch)
+        make = getattr(data, "make_dataset", None)
+        dataset = make("train", None) if make is not None else data.train_dataloader().dataset
+        features, labels = [], []
+        for batch in DataLoader(dataset, batch_size=32, shuffle=False):
+            features.append(point_prior_features(self.backbone, batch["points"].to(self.device)))
+            labels.append(batch["label"].to(self.device))
+        shared.build_prior_bank(torch.cat(features), torch.cat(labels))
+
     def pool(self, points: torch.Tensor) -> torch.Tensor:
         """Cloud ``(B, N, 3)`` -> pooled features ``(B, D)`` (``backbone.pool`` of its tokens)."""
         return self.backbone.pool(self.backbone.forward_features(self.normalise(points)))

@@ -195,6 +195,31 @@ def test_point_peft_checkpoint_with_a_filled_prior_bank_round_trips(tmp_path, we
         torch.testing.assert_close(loaded(clouds[:2]), task(clouds[:2]))
 
 
+def test_fit_fills_the_point_peft_prior_bank_from_the_training_set(shapes, weights, tmp_path):
+    """``vadapt fit`` with Point-PEFT trains with the point prior: the bank holds one frozen feature per training
+    cloud, equal to the frozen encoder's feature of that cloud."""
+    from vadapt.adapters import PointPEFTConfig
+    from vadapt.adapters.point_peft import point_prior_features
+
+    config = PointPEFTConfig(prompt_tokens=5, prompt_blocks=1, adapter_dim=4, prior_adapter_dim=4, geo_k=4,
+                             geo_heads=2, geo_attn_dim=8)
+    task = make_task(weights=weights, adapter=config)
+    data = datamodule(shapes)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, datamodule=data)
+    bank = task.backbone.point_peft
+    labels = torch.tensor([item["label"] for item in data.make_dataset("train", None)])
+    assert bank.bank_size == len(labels) > 0  # one entry per training cloud
+    assert torch.equal(bank.bank_labels.sort().values, labels.sort().values)
+    assert torch.isfinite(bank.bank_features).all()
+    # the bank is the frozen encoder's feature space: a training cloud's feature has a near-identical entry
+    cloud = next(iter(data.train_dataloader()))["points"][:1]
+    feature = point_prior_features(task.backbone, cloud)
+    best = torch.nn.functional.cosine_similarity(feature, bank.bank_features).max()
+    assert best > 0.9
+
+
 @pytest.mark.parametrize("backbone", ["any2point_test", "any2point_clip_test"])
 def test_any2point_task_trains_only_its_parts_and_round_trips(tmp_path, backbone):
     """Any2Point (2D ViT or 1D CLIP text transformer): the frozen base stays bit-identical, its tokenizer /

@@ -58,16 +58,25 @@ def mv_adapter_config(backbone: Backbone) -> MVAdapterConfig:
     return getattr(backbone.unet, _CONFIG_ATTR)
 
 
-def build_condition_encoder(unet: nn.Module, config: MVAdapterConfig) -> nn.Module:
+def build_condition_encoder(unet: nn.Module, config: MVAdapterConfig, vae_scale_factor: int = 8) -> nn.Module:
     """The official camera / geometry condition encoder, a diffusers ``T2IAdapter`` built on the UNet's device.
 
     SD: ``T2IAdapter(in_channels=6, channels=block_out_channels, num_res_blocks=layers_per_block,
     downscale_factor=8)``; SDXL: ``channels=(320, 640, 1280, 1280), num_res_blocks=2, downscale_factor=16,
-    adapter_type="full_adapter_xl"`` (see :class:`MVAdapterConfig` for the overrides).
+    adapter_type="full_adapter_xl"`` (see :class:`MVAdapterConfig` for the overrides). The default downscale
+    factor follows the base's VAE factor (8 for SD's VAE; a pixel-space base has 1, so 1 and 2).
     """
     from diffusers import T2IAdapter
 
     ucfg = unet.config
+    down_types = list(getattr(ucfg, "down_block_types", []))
+    if down_types and "CrossAttn" not in down_types[0]:
+        # diffusers adds an intra-block residual after a plain DownBlock2D's downsampler, so the T2IAdapter's
+        # first feature no longer matches: SD's layout starts with cross-attention blocks (SDXL is handled below)
+        xl_layout = getattr(ucfg, "addition_embed_type", None) == "text_time"
+        if not xl_layout:
+            raise ValueError(f"MV-Adapter's condition encoder needs a UNet whose first down block has attention "
+                             f"(SD layout), got down_block_types={down_types}; use use_condition=False")
     xl = config.adapter_type == "full_adapter_xl" or (
         config.adapter_type is None and getattr(ucfg, "addition_embed_type", None) == "text_time")
     blocks = list(ucfg.block_out_channels)
@@ -89,7 +98,7 @@ def build_condition_encoder(unet: nn.Module, config: MVAdapterConfig) -> nn.Modu
     param = next(unet.parameters())
     with torch.device(param.device):
         encoder = T2IAdapter(in_channels=config.condition_channels, channels=channels, num_res_blocks=res_blocks,
-                             downscale_factor=config.downscale_factor or (16 if xl else 8),
+                             downscale_factor=config.downscale_factor or (16 if xl else 8) * vae_scale_factor // 8,
                              adapter_type="full_adapter_xl" if xl else "full_adapter")
     if next(encoder.parameters()).dtype != param.dtype:  # plain nn.Module cast (ModelMixin.to warns needlessly)
         nn.Module.to(encoder, dtype=param.dtype)
@@ -128,7 +137,8 @@ def inject_mv_adapter(backbone: Backbone, config: MVAdapterConfig) -> nn.Module 
         attn.set_processor(proc.requires_grad_(True))
     object.__setattr__(unet, _STATE_ATTR, state)
     object.__setattr__(unet, _CONFIG_ATTR, config)
-    encoder = build_condition_encoder(unet, config) if config.use_condition else None
+    vae_factor = int(getattr(backbone, "vae_scale_factor", 8))
+    encoder = build_condition_encoder(unet, config, vae_factor) if config.use_condition else None
     if encoder is not None:
         setattr(backbone, CONDITION_ATTR, encoder)
     return encoder
