@@ -130,6 +130,11 @@ _TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block
                   down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
                   norm_num_groups=8)
+_PIXEL_DEMO_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(16, 32, 64),
+                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                       up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                       cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "sd15_test": {"base": "sd15", "unet": _TINY_UNET, "vae": _TINY_VAE, "text_encoder": _TINY_TEXT},
     "sdxl_test": {
@@ -151,6 +156,10 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     # pixel-space base: no VAE, the UNet denoises 3-channel images directly (CPU demo)
     "pixel_test": {"base": "sd15", "unet": dict(_TINY_UNET, sample_size=32, in_channels=3, out_channels=3),
                    "vae": None, "text_encoder": _TINY_TEXT},
+    # the offline ResAdapter demo's base (``vadapt pretrain-diffusion``): pixel space, 32 px, three levels
+    # (32 / 16 / 8 px) with text cross-attention at the two lower ones and the mid block; 2 down- and 2
+    # up-samplers for ResCLoRA. About 1.0M UNet parameters: "one coloured shape from its prompt" in CPU minutes
+    "pixel_demo": {"base": "sd15", "unet": _PIXEL_DEMO_UNET, "vae": None, "text_encoder": _TINY_TEXT},
 }
 ARCHS = ("sd15", "sd21", "sdxl", "animatediff_sd15", *TINY_CONFIGS)
 
@@ -735,3 +744,8 @@ for _name, _text in {
     "pixel_test": "tiny pixel-space diffusion base (no VAE, 3-channel UNet) for the CPU demo",
 }.items():
     register_backbone(_name, family="diffusion", builder=DiffusionBase, arch=_name, tiny=True, description=_text)
+register_backbone(
+    "pixel_demo", family="diffusion", builder=DiffusionBase, arch="pixel_demo",
+    description="small pixel-space diffusion base (32 px, no VAE) of the offline ResAdapter demo; no published "
+    "weights: pretrain it with `vadapt pretrain-diffusion`",
+)

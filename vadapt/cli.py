@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_make_shapes(sub)
     _add_pretrain_points(sub)
+    _add_pretrain_diffusion(sub)
     _add_generate(sub)
     return parser
 
@@ -100,6 +101,26 @@ def _add_pretrain_points(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--points", type=int, default=1024, help="points sampled per cloud (default 1024)")
     pre.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     pre.add_argument("--num-workers", type=int, default=0, help="data loader workers (default 0)")
+
+
+def _add_pretrain_diffusion(sub: argparse._SubParsersAction) -> None:
+    pre = sub.add_parser(
+        "pretrain-diffusion", help="pretrain a small diffusion base on synthetic shapes (writes a diffusers folder)",
+        description="Train the whole UNet of a small diffusion base (default pixel_demo: pixel space, no VAE) on "
+        "synthetic images of one coloured shape ('a red circle') at ONE resolution, and write it to OUTPUT as a "
+        "diffusers folder, loadable as weights: OUTPUT by the generation configs (e.g. "
+        "configs/resadapter_shapes_demo.yaml). Stops at --epochs or --minutes, whichever comes first.",
+    )
+    pre.add_argument("--output", required=True, help="the diffusers folder to write (atomically, when training ends)")
+    pre.add_argument("--backbone", default="pixel_demo", help="registered diffusion base (default pixel_demo)")
+    pre.add_argument("--resolution", type=int, default=32, help="training image size in pixels (default 32)")
+    pre.add_argument("--minutes", type=float, help="wall-clock budget of training (default: none)")
+    pre.add_argument("--epochs", type=int, default=1000, help="epochs of --num-samples images (default 1000)")
+    pre.add_argument("--num-samples", type=int, default=8192, help="images per epoch (default 8192)")
+    pre.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    pre.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    pre.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    pre.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
 
 
 def _add_predict_points(sub: argparse._SubParsersAction) -> None:
@@ -246,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_make_shapes(args)
     elif args.command == "pretrain-points":
         return run_pretrain_points(args)
+    elif args.command == "pretrain-diffusion":
+        return run_pretrain_diffusion(args)
     elif args.command == "generate":
         return run_generate(args)
     return 0
@@ -314,6 +337,22 @@ def run_pretrain_points(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"pretrained encoder: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def run_pretrain_diffusion(args: argparse.Namespace) -> int:
+    from vadapt.data.io import DataError
+    from vadapt.tasks.diffusion_pretrain import pretrain_diffusion_base
+
+    try:
+        path = pretrain_diffusion_base(args.output, backbone=args.backbone, resolution=args.resolution,
+                                       epochs=args.epochs, max_minutes=args.minutes, batch_size=args.batch_size,
+                                       lr=args.lr, seed=args.seed, num_samples=args.num_samples,
+                                       overwrite=args.overwrite)
+    except (DataError, FileExistsError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"pretrained diffusion base: {path} (use it as weights: {path})")
     return 0
 
 
