@@ -48,8 +48,9 @@ def artifacts() -> Path:
 def server(artifacts):
     from vadapt.app import demo_files
 
-    if demo_files.missing(demo_files.SHIPPED_DIR):
-        pytest.fail(f"data/demo lacks {demo_files.missing(demo_files.SHIPPED_DIR)}")
+    lacking = [n for n in demo_files.missing(demo_files.SHIPPED_DIR) if n not in demo_files.GENERATION]
+    if lacking:  # the Generate tab's checkpoints are built by the server on its first start
+        pytest.fail(f"data/demo lacks {lacking}")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     log = (artifacts / "server.log").open("w")
