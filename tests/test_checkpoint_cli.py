@@ -82,7 +82,7 @@ def test_fast_dev_run_every_shipped_config(config, tmp_path):
     args = cfg["model"]["init_args"]
     entry = BACKBONES.get(args["backbone"])
     if entry.family == "diffusion":  # image / clip / view sizes and tiny bases differ per kind: explicit twins
-        pytest.skip(f"{config.name}: its tiny counterpart in tests/conf runs in tests/test_generation.py")
+        pytest.skip(f"{config.name}: its tiny twin in tests/conf runs in test_generation.py / test_diffusion_demo.py")
     try:
         resolve_weights(args.get("weights"), entry.weights, entry.name)
     except WeightsNotFoundError:
