@@ -44,6 +44,12 @@ def artifacts() -> Path:
     return folder
 
 
+def _wait_loaded(page, selector: str, timeout: int = 30_000) -> None:
+    """Wait until the image at ``selector`` has finished loading its current source."""
+    page.wait_for_function(f"(() => {{ const img = document.querySelector({selector!r}); "
+                           f"return img && img.complete && img.naturalWidth > 0; }})()", timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def server(artifacts):
     from vadapt.app import demo_files
@@ -124,6 +130,7 @@ def test_segment_then_prompt_in_a_real_browser(page, examples, artifacts):
     page.wait_for_function(f"document.querySelector('#seg-view img') && "
                            f"document.querySelector('#seg-view img').src !== {preview!r}", timeout=30_000)
     overlay = page.locator("#seg-view img")
+    _wait_loaded(page, "#seg-view img")  # a new src loads asynchronously: its size is 0 x 0 until then
     size = overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert size == [384, 384]
     assert "%" in page.locator("#seg-summary").inner_text()
@@ -168,6 +175,7 @@ def test_change_tab_shows_the_changed_share(page, examples, artifacts):
     page.locator("#change-run").click()
     page.wait_for_function("document.querySelector('#change-text').innerText.includes('changed:')", timeout=60_000)
     assert "%" in page.locator("#change-text").inner_text()
+    _wait_loaded(page, "#change-view img")
     assert page.locator("#change-view img").evaluate("img => [img.naturalWidth, img.naturalHeight]") == [192, 192]
     page.screenshot(path=str(artifacts / "change.png"), full_page=True)
 
