@@ -565,20 +565,21 @@ class DiffusionBase(nn.Module):
         images = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return images.clamp(-1, 1)
 
-    def make_scheduler(self, kind: str = "ddim") -> Any:
-        """A sampling scheduler from ``scheduler_config``: ``ddim``, ``euler`` or ``dpm`` (DPM-Solver++ multistep)."""
+    def make_scheduler(self, kind: str = "ddim", config: dict[str, Any] | None = None) -> Any:
+        """A sampling scheduler from ``scheduler_config`` (or ``config``, e.g. an adapter's shifted schedule):
+        ``ddim``, ``euler`` or ``dpm`` (DPM-Solver++ multistep)."""
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
         classes = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm": DPMSolverMultistepScheduler}
         if kind not in classes:
             raise ValueError(f"Unknown scheduler {kind!r}; choose one of {sorted(classes)}")
-        return classes[kind].from_config(copy.deepcopy(self.scheduler_config))
+        return classes[kind].from_config(copy.deepcopy(self.scheduler_config if config is None else config))
 
-    def noise_scheduler(self) -> Any:
-        """The DDPM training scheduler (``add_noise``, ``get_velocity``) of ``scheduler_config``."""
+    def noise_scheduler(self, config: dict[str, Any] | None = None) -> Any:
+        """The DDPM training scheduler (``add_noise``, ``get_velocity``) of ``scheduler_config`` (or ``config``)."""
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler.from_config(copy.deepcopy(self.scheduler_config))
+        return DDPMScheduler.from_config(copy.deepcopy(self.scheduler_config if config is None else config))
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component and in total."""

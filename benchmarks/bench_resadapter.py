@@ -234,7 +234,11 @@ def main() -> None:
     parser.add_argument("--backbone", default="pixel_demo")
     parser.add_argument("--resolution", type=int, default=16, help="the base's one training resolution")
     parser.add_argument("--pretrain-minutes", type=float, default=9.0)
+    parser.add_argument("--pretrain-steps", type=int, default=-1,
+                        help="also stop pretraining after these steps (the learning rate decays over them)")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma weighting of pretraining")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the pretrained weights (0: none)")
     parser.add_argument("--adapter-minutes", type=float, default=5.0)
     parser.add_argument("--adapter-steps", type=int, default=-1, help="also stop the adapter after these steps")
     parser.add_argument("--adapter-lr", type=float, default=2e-3)
@@ -272,8 +276,9 @@ def main() -> None:
     if args.base is None:
         start = time.perf_counter()
         pretrain_diffusion_base(base, backbone=args.backbone, resolution=args.resolution,
-                                max_minutes=args.pretrain_minutes, batch_size=args.batch_size, lr=args.pretrain_lr,
-                                seed=args.seed, shapes=SHAPES, colours=COLOURS, accelerator="cpu", overwrite=True)
+                                max_minutes=args.pretrain_minutes, max_steps=args.pretrain_steps,
+                                batch_size=args.batch_size, lr=args.pretrain_lr, snr_gamma=args.snr_gamma,
+                                ema_decay=args.ema_decay or None, seed=args.seed, shapes=SHAPES, colours=COLOURS, accelerator="cpu", overwrite=True)
         results["pretrain_s"] = time.perf_counter() - start
     print(f"base: {base}", flush=True)
 

@@ -7,7 +7,10 @@ No Stable Diffusion weights can be downloaded here, so the generation demos (``b
 initialisation, which still tells the prompts apart) on :class:`~vadapt.data.generation.ShapesImageDataModule`
 images (one coloured shape on black, prompt ``"a red circle"``) at ONE resolution, with the base's DDPM schedule,
 v-prediction (default; written into the folder's scheduler config, with x0 clipping in pixel space), condition
-dropout for classifier-free guidance, AdamW with linear decay.
+dropout for classifier-free guidance, AdamW with linear decay, and an exponential moving average of the UNet's
+weights (diffusers' ``EMAModel``, the standard of diffusion training: an average over the last ~1/(1-decay)
+steps gives much cleaner samples than the last step's weights of a briefly trained base). The EMA weights are
+what gets written.
 
 The result is a diffusers folder (``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``,
 ``scheduler/``; no ``vae/`` for the pixel-space ``pixel_demo`` base) written atomically (a temporary folder
@@ -24,6 +27,32 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+
+class UNetEMA(L.Callback):
+    """Keep diffusers' ``EMAModel`` of the task's UNet during ``fit`` and copy it into the UNet when fit ends.
+
+    ``decay`` is the cap; with ``use_ema_warmup`` the decay grows as ``1 - (1 + step) ** -0.75`` (diffusers'
+    warm-up), so short runs average over a proportionally short window instead of keeping the random init.
+    """
+
+    def __init__(self, decay: float = 0.999) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.ema: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from diffusers.training_utils import EMAModel
+
+        self.ema = EMAModel(pl_module.backbone.unet.parameters(), decay=self.decay, use_ema_warmup=True, power=0.75)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.ema.step(pl_module.backbone.unet.parameters())
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.ema is not None and self.ema.optimization_step > 0:
+            self.ema.copy_to(pl_module.backbone.unet.parameters())
 
 
 def pretrain_diffusion_base(
@@ -44,6 +73,7 @@ def pretrain_diffusion_base(
     condition_dropout: float = 0.1,
     prediction_type: str | None = "v_prediction",
     clip_sample: bool | None = None,
+    ema_decay: float | None = 0.999,
     accelerator: str = "auto",
     progress_bar: bool = True,
     overwrite: bool = False,
@@ -67,6 +97,8 @@ def pretrain_diffusion_base(
             no amplified noise-prediction error at high noise, which a briefly trained small base cannot
             afford; ``epsilon``; ``None``: the architecture's own).
         clip_sample: clip the sampler's x0 estimate to [-1, 1] (``None``: on in pixel space, off with a VAE).
+        ema_decay: the cap of the weights' moving average that is written (:class:`UNetEMA`); ``None``: write
+            the last step's weights.
         accelerator: Lightning's accelerator (``auto``: the GPU when there is one).
         task_options: more :class:`DiffusionAdapterTask` arguments (``snr_gamma``, ``warmup_steps``, ...).
     Returns:
@@ -109,7 +141,8 @@ def pretrain_diffusion_base(
             max_time={"minutes": max_minutes} if max_minutes is not None else None,
             default_root_dir=str(work), logger=CSVLogger(str(work), name="pretrain"), enable_checkpointing=False,
             enable_progress_bar=progress_bar, enable_model_summary=False, log_every_n_steps=10,
-            limit_val_batches=0, num_sanity_val_steps=0, callbacks=[],
+            limit_val_batches=0, num_sanity_val_steps=0,
+            callbacks=[] if ema_decay is None else [UNetEMA(ema_decay)],
         )
         task.configure_callbacks = lambda: []  # no adapter.safetensors of the whole UNet in the log folder
         trainer.fit(task, datamodule=datamodule)
@@ -120,7 +153,7 @@ def pretrain_diffusion_base(
         loss = trainer.callback_metrics.get("train_loss")
         record = {"backbone": backbone, "resolution": resolution, "prediction_type": task.prediction_type,
                   "steps": trainer.global_step,
-                  "epochs": trainer.current_epoch, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "epochs": trainer.current_epoch, "batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": ema_decay,
                   "last_train_loss": None if loss is None else float(loss), "shapes": list(shapes),
                   "colours": list(colours), "scale": list(scale)}
         (folder / "pretrain.json").write_text(json.dumps(record, indent=2))

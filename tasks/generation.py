@@ -17,7 +17,8 @@ Three kinds of data:
 * ``video``: ``video`` ``(B, F, 3, H, W)``; one timestep per clip; with I2V-Adapter the first frame stays clean
   (never noised) and is left out of the loss.
 * ``multiview``: ``views`` ``(B, N, 3, H, W)`` with ``cameras`` ``(B, N, 6, H, W)`` condition maps (and an
-  optional ``reference`` ``(B, 3, H, W)``); one timestep per object; Min-SNR weighting as MV-Adapter.
+  optional ``reference`` ``(B, 3, H, W)``); one timestep per object; Min-SNR weighting, the SNR-shifted noise
+  schedule (training and sampling) and the reference image's dropout as MV-Adapter.
 
 Prompts come from the batch's ``prompt`` (a list of strings) or the task's ``prompt``; with probability
 ``condition_dropout`` a training prompt is replaced by the empty one, so classifier-free guidance works at
@@ -191,9 +192,20 @@ class DiffusionAdapterTask(BaseTask):
         return noisy, noise
 
     @property
+    def scheduler_config(self) -> dict[str, Any]:
+        """The base's noise schedule, SNR-shifted when the adapter asks for it (MV-Adapter's
+        ``snr_shift_scale``), for training and sampling alike."""
+        scale = getattr(self.adapter_config, "snr_shift_scale", None)
+        if scale is None:
+            return self.backbone.scheduler_config
+        from vadapt.adapters.mv_adapter.schedule import shifted_scheduler_config
+
+        return shifted_scheduler_config(self.backbone.scheduler_config, scale, self.adapter_config.snr_shift_mode)
+
+    @property
     def noise_scheduler(self):
         if getattr(self, "_noise_scheduler", None) is None:
-            self._noise_scheduler = self.backbone.noise_scheduler()
+            self._noise_scheduler = self.backbone.noise_scheduler(self.scheduler_config)
         return self._noise_scheduler
 
     def sample_timesteps(self, size: int, stage: str, device: torch.device) -> tuple[torch.Tensor, Any]:
@@ -243,8 +255,13 @@ class DiffusionAdapterTask(BaseTask):
         timesteps = timesteps.repeat_interleave(n)
         noisy, target = self.noise_and_target(latents, timesteps, generator)
         prompts = self.prompts_of(batch, b, stage)
+        reference, dropped = batch.get("reference"), None
+        if stage == "train" and reference is not None and getattr(self.adapter_config, "use_ref", False):
+            joint = torch.rand(b) < self.adapter_config.joint_dropout  # official cond_drop: prompt and image
+            dropped = (torch.rand(b) < self.adapter_config.image_dropout) | joint
+            prompts = ["" if j else text for j, text in zip(joint.tolist(), prompts)]
         kwargs = {**self.text_condition(prompts, repeat=n), **self.camera_condition(batch.get("cameras"))}
-        with self.reference_context(batch.get("reference"), prompts):
+        with self.reference_context(reference, prompts, dropped=dropped):
             pred = self.backbone.unet(noisy, timesteps, **kwargs).sample
         return self.weighted_mse(pred, target, timesteps)
 
@@ -289,9 +306,11 @@ class DiffusionAdapterTask(BaseTask):
         flat = cameras.flatten(0, 1)
         return unet_kwargs_with_condition(self.backbone, torch.cat([flat] * copies))
 
-    def reference_context(self, reference: torch.Tensor | None, prompts: Sequence[str], uncond_copies: int = 0):
+    def reference_context(self, reference: torch.Tensor | None, prompts: Sequence[str], uncond_copies: int = 0,
+                          dropped: torch.Tensor | None = None):
         """The MV-Adapter reference pass (image-to-multiview) as a context manager; a no-op without a
-        reference or a reference branch. ``uncond_copies`` zero-feature objects go first (guidance)."""
+        reference or a reference branch. ``uncond_copies`` zero-feature objects go first (guidance); the
+        features of the objects where ``dropped`` ``(b,)`` is true are zeroed (training's image dropout)."""
         from contextlib import nullcontext
 
         config = self.adapter_config
@@ -302,6 +321,9 @@ class DiffusionAdapterTask(BaseTask):
         latents = self.latents_of(reference)
         text = self.text_condition(prompts)
         feats = mv.compute_reference_features(self.backbone, latents, **text)
+        if dropped is not None:
+            keep = (~dropped).to(latents.device)
+            feats = {k: v * keep.to(v.dtype).view(-1, *[1] * (v.dim() - 1)) for k, v in feats.items()}
         if uncond_copies:
             feats = {k: torch.cat([torch.zeros_like(v)] * uncond_copies + [v]) for k, v in feats.items()}
         return mv.use_reference(self.backbone, feats)
@@ -371,7 +393,7 @@ class DiffusionAdapterTask(BaseTask):
                                  f"{(height, width)}")
         steps = num_inference_steps or self.hparams["num_inference_steps"]
         scale = self.hparams["guidance_scale"] if guidance_scale is None else guidance_scale
-        scheduler = self.backbone.make_scheduler(sampler or self.hparams["sampler"])
+        scheduler = self.backbone.make_scheduler(sampler or self.hparams["sampler"], self.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
         generator = torch.Generator().manual_seed(seed)
         f = self.backbone.vae_scale_factor

@@ -67,6 +67,45 @@ def test_multiview_task_trains_only_the_adapter_and_round_trips(bases, tmp_path)
     assert images.shape == (1, 4, 3, 32, 32) and 0 <= float(images.min()) <= float(images.max()) <= 1
 
 
+def test_multiview_task_shifts_the_schedule_and_drops_the_reference(bases):
+    def task_with(**options):
+        torch.manual_seed(0)
+        t = DiffusionAdapterTask(backbone="sd15_test", weights=bases["sd15_test"], kind="multiview", num_views=2,
+                                 condition_dropout=0.0, adapter=MVAdapterConfig(num_views=2, use_ref=True, **options))
+        for name, param in t.backbone.named_parameters():  # a trained reference branch: its output is not zero
+            if "to_out_ref" in name:
+                param.data.normal_(0, 0.2, generator=torch.Generator().manual_seed(3))
+        return t
+
+    task = task_with()
+    base = task.backbone.noise_scheduler().alphas_cumprod.double()
+    shifted = task.noise_scheduler.alphas_cumprod.double()
+    ratio = (shifted / (1 - shifted)) / (base / (1 - base))
+    assert ratio[0].item() == pytest.approx(1.0, rel=1e-3) and ratio[-1].item() == pytest.approx(1 / 8, rel=1e-3)
+    used = []  # sampling runs on the same shifted schedule
+    make = task.backbone.make_scheduler
+    task.backbone.make_scheduler = lambda *a, **k: used.append(make(*a, **k)) or used[-1]
+    task.generate(["a red cube"], 32, 32, num_inference_steps=1, guidance_scale=1.0, reference=torch.rand(1, 3, 32, 32))
+    assert torch.allclose(used[0].alphas_cumprod.double(), shifted)
+    assert torch.equal(task_with(snr_shift_scale=None).noise_scheduler.alphas_cumprod.double(), base)
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"views": torch.rand(2, 2, 3, 32, 32, generator=g), "cameras": torch.rand(2, 2, 6, 32, 32, generator=g),
+             "prompt": ["a red cube", "a blue cone"]}
+    refs = torch.rand(2, 2, 3, 32, 32, generator=g)
+
+    def loss(t, ref, stage="train"):
+        torch.manual_seed(7)  # same timesteps, noise and dropout draws
+        with torch.no_grad():
+            return t._shared_step({**batch, "reference": ref}, stage)
+
+    kept = task_with(image_dropout=0.0, joint_dropout=0.0)
+    assert not torch.equal(loss(kept, refs[0]), loss(kept, refs[1]))  # the reference matters
+    dropped = task_with(image_dropout=0.999, joint_dropout=0.0)
+    assert torch.equal(loss(dropped, refs[0]), loss(dropped, refs[1]))  # training: its features are zeroed
+    assert not torch.equal(loss(dropped, refs[0], "val"), loss(dropped, refs[1], "val"))  # never outside training
+
+
 def test_video_task_with_i2v_adapter_keeps_the_first_frame(bases, tmp_path):
     torch.manual_seed(0)
     task = DiffusionAdapterTask(backbone="animatediff_test", weights=bases["animatediff_test"], kind="video",

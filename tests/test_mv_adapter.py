@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from vadapt.adapters.base import ADAPTERS
 from vadapt.adapters.mv_adapter import (
     MVAdapterConfig,
+    betas_from_snr,
     MVAdapterState,
     MVAttnProcessor,
     compute_reference_features,
@@ -33,6 +34,7 @@ from vadapt.adapters.mv_adapter import (
     row_mv_attention,
     save_mv_adapter,
     set_num_views,
+    shifted_snr_betas,
     unet_kwargs_with_condition,
     use_reference,
 )
@@ -353,6 +355,25 @@ def test_min_snr_weights_formula() -> None:
     assert torch.allclose(v.double(), (snr + 1).clamp(max=5.0) / (snr + 1), rtol=1e-4)
     assert min_snr_loss(torch.ones(3, 1, 2, 2), torch.zeros(3, 1, 2, 2), t, scheduler).item() == pytest.approx(
         eps.mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["interpolated", "uniform"])
+def test_shifted_snr_schedule(mode: str) -> None:
+    base = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    abar = base.alphas_cumprod.double()
+    snr = abar / (1 - abar)
+    assert torch.allclose(betas_from_snr(snr), base.betas.double(), atol=1e-7)  # the inverse of the schedule
+    shifted = DDPMScheduler(num_train_timesteps=1000, trained_betas=shifted_snr_betas(abar, 8.0, mode).numpy())
+    abar2 = shifted.alphas_cumprod.double()
+    ratio = (abar2 / (1 - abar2)) / snr  # SNR'(t) / SNR(t)
+    t = torch.arange(1000, dtype=torch.float64)
+    expected = 8.0 ** -(t / 999) if mode == "interpolated" else torch.full_like(t, 1 / 8)
+    assert torch.allclose(ratio, expected, rtol=2e-3)
+    assert (abar2 < abar).all() == (mode == "uniform")  # interpolated: t = 0 keeps its SNR
+    with pytest.raises(ValueError, match="shift mode"):
+        shifted_snr_betas(abar, 8.0, "cosine")
+    with pytest.raises(ValueError, match="snr_shift_scale"):
+        MVAdapterConfig(snr_shift_scale=0)
 
 
 # --------------------------------------------------------------------------------------------------- cameras

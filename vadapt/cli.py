@@ -109,13 +109,19 @@ def _add_pretrain_diffusion(sub: argparse._SubParsersAction) -> None:
         description="Train the whole UNet of a small diffusion base (default pixel_demo: pixel space, no VAE) on "
         "synthetic images of one coloured shape ('a red circle') at ONE resolution, and write it to OUTPUT as a "
         "diffusers folder, loadable as weights: OUTPUT by the generation configs (e.g. "
-        "configs/resadapter_shapes_demo.yaml). Stops at --epochs or --minutes, whichever comes first.",
+        "configs/resadapter_shapes_demo.yaml). Stops at --epochs, --steps or --minutes, whichever comes first; "
+        "the learning rate decays linearly to 0 over --steps (or --epochs) and the written weights are the "
+        "moving average (--ema-decay) of the UNet's.",
     )
     pre.add_argument("--output", required=True, help="the diffusers folder to write (atomically, when training ends)")
     pre.add_argument("--backbone", default="pixel_demo", help="registered diffusion base (default pixel_demo)")
     pre.add_argument("--resolution", type=int, default=32, help="training image size in pixels (default 32)")
     pre.add_argument("--minutes", type=float, help="wall-clock budget of training (default: none)")
     pre.add_argument("--epochs", type=int, default=1000, help="epochs of --num-samples images (default 1000)")
+    pre.add_argument("--steps", type=int, default=-1, help="optimizer steps (default: no limit)")
+    pre.add_argument("--ema-decay", type=float, default=0.999,
+                     help="cap of the weights' moving average that is written (default 0.999; 0: last weights)")
+    pre.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: none)")
     pre.add_argument("--num-samples", type=int, default=8192, help="images per epoch (default 8192)")
     pre.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     pre.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
@@ -348,7 +354,8 @@ def run_pretrain_diffusion(args: argparse.Namespace) -> int:
         path = pretrain_diffusion_base(args.output, backbone=args.backbone, resolution=args.resolution,
                                        epochs=args.epochs, max_minutes=args.minutes, batch_size=args.batch_size,
                                        lr=args.lr, seed=args.seed, num_samples=args.num_samples,
-                                       overwrite=args.overwrite)
+                                       max_steps=args.steps, ema_decay=args.ema_decay or None,
+                                       snr_gamma=args.snr_gamma, overwrite=args.overwrite)
     except (DataError, FileExistsError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from .camera import (
 )
 from .config import MVAdapterConfig
 from .layer import MVAdapterState, MVAttnProcessor, row_mv_attention
+from .schedule import betas_from_snr, shifted_scheduler_config, shifted_snr_betas
 from .model import (
     build_condition_encoder,
     compute_reference_features,
@@ -35,6 +36,7 @@ from .model import (
 ADAPTERS.register("mv_adapter", AdapterMethod(MVAdapterConfig, inject_mv_adapter))
 
 __all__ = [
+    "betas_from_snr", "shifted_scheduler_config", "shifted_snr_betas",
     "MVAdapterConfig", "MVAdapterState", "MVAttnProcessor", "build_condition_encoder", "compute_reference_features",
     "inject_mv_adapter", "load_mv_adapter", "load_mv_adapter_state_dict", "min_snr_loss", "min_snr_weights",
     "mv_adapter_config", "mv_adapter_disabled", "mv_adapter_state_dict", "official_six_view_cameras",

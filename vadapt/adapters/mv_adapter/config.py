@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from vadapt.adapters.base import AdapterConfig
 
+from .schedule import SHIFT_MODES
+
 ADAPTER_TYPES = ("full_adapter", "full_adapter_xl")
 
 
@@ -66,6 +68,16 @@ class MVAdapterConfig(AdapterConfig):
         zero_init_out: zero ``to_out_mv`` / ``to_out_ref`` (weight and bias), so the adapted UNet starts equal to
             the base (official).
         snr_gamma: Min-SNR ``gamma`` of the training loss (official 5.0; ``None`` = plain MSE).
+        snr_shift_scale: divide the base schedule's SNR by this for training and sampling (official 8.0, see
+            :mod:`~vadapt.adapters.mv_adapter.schedule`; ``None`` = the base's schedule). Saved with the adapter,
+            so a reloaded adapter samples on the schedule it was trained on.
+        snr_shift_mode: ``"interpolated"`` (official: no shift at ``t = 0``, the full shift at ``t = T - 1``,
+            log-linear between) or ``"uniform"`` (the same shift at every ``t``).
+        image_dropout: image-to-multiview training: probability that a sample's reference features are zeroed
+            (the unconditional image of classifier-free guidance; official 0.1).
+        joint_dropout: image-to-multiview training: probability that both the prompt (to the empty one) and the
+            reference are dropped (official ``cond_drop_prob`` 0.1, on top of the task's ``condition_dropout``
+            and ``image_dropout``; the official SD2.1 system zeroes the prompt embeddings instead of encoding "").
         strict_num_views: :func:`set_num_views` refuses a view count other than ``num_views`` (default: one
             sentence before any denoising; the row-wise attention itself runs on any count, ``False`` allows it).
     """
@@ -83,6 +95,10 @@ class MVAdapterConfig(AdapterConfig):
     copy_attn_weights: bool = True
     zero_init_out: bool = True
     snr_gamma: float | None = 5.0
+    snr_shift_scale: float | None = 8.0
+    snr_shift_mode: str = "interpolated"
+    image_dropout: float = 0.1
+    joint_dropout: float = 0.1
     strict_num_views: bool = True
 
     method = "mv_adapter"
@@ -107,6 +123,14 @@ class MVAdapterConfig(AdapterConfig):
             self.condition_block_channels = chans
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"MVAdapterConfig.snr_gamma must be > 0 or None, got {self.snr_gamma!r}")
+        if self.snr_shift_scale is not None and not self.snr_shift_scale > 0:
+            raise ValueError(f"MVAdapterConfig.snr_shift_scale must be > 0 or None, got {self.snr_shift_scale!r}")
+        for field in ("image_dropout", "joint_dropout"):
+            if not 0 <= getattr(self, field) < 1:
+                raise ValueError(f"MVAdapterConfig.{field} must be in [0, 1), got {getattr(self, field)!r}")
+        if self.snr_shift_mode not in SHIFT_MODES:
+            raise ValueError(f"MVAdapterConfig.snr_shift_mode must be one of {SHIFT_MODES}, "
+                             f"got {self.snr_shift_mode!r}")
 
     @classmethod
     def preset(cls, name: str) -> MVAdapterConfig:
