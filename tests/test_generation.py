@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import train_steps
@@ -197,6 +198,20 @@ def test_generate_cli_video_and_multiview_outputs(bases, tmp_path):
                 assert image.n_frames == 3 and image.size == (64, 64)
             else:
                 assert image.size == (2 * 64, 64)
+        if kind == "video":  # the same clip as MP4: decodable, 3 frames of 64 x 64, frame 0 ~ the first frame
+            import cv2
+
+            assert main(base + extra + ["--video-format", "mp4", "--fps", "4"]) == 0
+            (clip,) = (tmp_path / kind).glob("*.mp4")
+            capture = cv2.VideoCapture(str(clip))
+            frames = []
+            while (read := capture.read())[0]:
+                frames.append(read[1])
+            capture.release()
+            assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
+            with Image.open(written) as gif:
+                frame0 = np.asarray(gif.convert("RGB"), dtype=np.float64)
+            assert np.abs(frames[0][..., ::-1] - frame0).mean() < 20  # lossy codec, same picture
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

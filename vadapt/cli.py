@@ -79,6 +79,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--sampler", choices=("ddim", "euler", "dpm"), help="scheduler (default: the task's)")
     gen.add_argument("--first-frame", help="video (I2V-Adapter): the image to animate")
     gen.add_argument("--num-frames", type=int, help="video: frames per clip (default: the task's)")
+    gen.add_argument("--video-format", choices=("gif", "mp4"), default="gif",
+                     help="video: animated GIF (default) or MP4 (H.264 where OpenCV's build has it, else MPEG-4)")
+    gen.add_argument("--fps", type=int, default=8, help="video: frames per second of the written clip (default 8)")
     gen.add_argument("--reference", help="multi-view (image-to-multiview MV-Adapter): the reference image")
     gen.add_argument("--num-views", type=int, help="multi-view: views per object (default: the task's)")
     gen.add_argument("--output", required=True, help="output folder")
@@ -290,7 +293,8 @@ def run_generate(args: argparse.Namespace) -> int:
                           num_images=args.num_images, steps=args.steps, guidance=args.guidance,
                           negative_prompt=args.negative_prompt, sampler=args.sampler, device=args.device,
                           progress=not args.quiet, first_frame=args.first_frame, reference=args.reference,
-                          num_frames=args.num_frames, num_views=args.num_views)
+                          num_frames=args.num_frames, num_views=args.num_views, video_format=args.video_format,
+                          fps=args.fps)
     except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

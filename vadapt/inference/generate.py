@@ -1,6 +1,6 @@
 """``vadapt generate``: sample from a diffusion task built from a config or an adapter checkpoint.
 
-Images are written as PNG (``<output>/<prompt>_seed<S>_<n>.png``), clips (video tasks) as animated GIF, and
+Images are written as PNG (``<output>/<prompt>_seed<S>_<n>.png``), clips (video tasks) as animated GIF or MP4, and
 multi-view sets as one PNG grid (views side by side); each file atomically (a temporary name, then a rename),
 with a progress bar over the denoising steps. Bad sizes, a missing first frame or reference image, a view count
 the adapter refuses: one sentence before any denoising.
@@ -70,6 +70,29 @@ def write_gif(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
     return path
 
 
+def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
+    """``(F, H, W, 3)`` uint8 -> an MP4 clip through OpenCV (installed with albumentations): H.264 (``avc1``)
+    where the build has the encoder, else MPEG-4 Part 2 (``mp4v``, in every OpenCV wheel)."""
+    import cv2
+
+    tmp = path.with_name(f".{path.name}.tmp.mp4")  # OpenCV picks the container from the extension
+    h, w = frames.shape[1:3]
+    for codec in ("avc1", "mp4v"):
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
+        if writer.isOpened():
+            break
+        writer.release()
+    else:
+        raise ValueError("OpenCV cannot write MP4 here (no avc1 or mp4v encoder); use --video-format gif")
+    try:
+        for frame in frames:
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> OpenCV's BGR
+    finally:
+        writer.release()
+    tmp.replace(path)
+    return path
+
+
 def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
     """An RGB image file resized to ``(1, 3, height, width)`` in [0, 1]; one sentence if it cannot be read."""
     from PIL import Image, UnidentifiedImageError
@@ -107,13 +130,18 @@ def generate(
     reference: str | None = None,
     num_frames: int | None = None,
     num_views: int | None = None,
+    video_format: str = "gif",
+    fps: int = 8,
 ) -> GenerateReport:
     """Sample ``num_images`` per prompt and write them to ``output`` (see module docstring); ``first_frame`` (I2V)
-    and ``reference`` (image-to-multiview) are image files, resized to the output size."""
+    and ``reference`` (image-to-multiview) are image files, resized to the output size; clips are written as
+    ``video_format`` (``gif`` or ``mp4``) at ``fps``."""
     from tqdm.auto import tqdm
 
     if not prompts:
         raise ValueError("give at least one --prompt")
+    if video_format not in ("gif", "mp4") or fps < 1:
+        raise ValueError(f"video_format must be 'gif' or 'mp4' and fps >= 1, got {video_format!r} and {fps}")
     task = load_generation_task(config, checkpoint, weights).to(device)
     task.check_size(height, width)  # before anything is written or denoised
     kind = task.hparams["kind"]
@@ -149,7 +177,8 @@ def generate(
         stem = f"{slug(prompt)}_seed{seed + p_index}"
         for n, sample in enumerate(images):
             if kind == "video":  # (F, 3, H, W)
-                report.written.append(write_gif(to_uint8(sample), out / f"{stem}_{n}.gif"))
+                writer = write_mp4 if video_format == "mp4" else write_gif
+                report.written.append(writer(to_uint8(sample), out / f"{stem}_{n}.{video_format}", fps))
             elif kind == "multiview":  # (N, 3, H, W) -> one row of views
                 grid = np.concatenate(list(to_uint8(sample)), axis=1)
                 report.written.append(write_png(grid, out / f"{stem}_{n}_views.png"))
