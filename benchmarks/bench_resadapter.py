@@ -278,7 +278,8 @@ def main() -> None:
         pretrain_diffusion_base(base, backbone=args.backbone, resolution=args.resolution,
                                 max_minutes=args.pretrain_minutes, max_steps=args.pretrain_steps,
                                 batch_size=args.batch_size, lr=args.pretrain_lr, snr_gamma=args.snr_gamma,
-                                ema_decay=args.ema_decay or None, seed=args.seed, shapes=SHAPES, colours=COLOURS, accelerator="cpu", overwrite=True)
+                                ema_decay=args.ema_decay or None, seed=args.seed, shapes=SHAPES, colours=COLOURS,
+                                accelerator="cpu", overwrite=True)
         results["pretrain_s"] = time.perf_counter() - start
     print(f"base: {base}", flush=True)
 

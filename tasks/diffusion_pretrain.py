@@ -152,8 +152,8 @@ def pretrain_diffusion_base(
         task.backbone.cpu().save_pretrained(folder)
         loss = trainer.callback_metrics.get("train_loss")
         record = {"backbone": backbone, "resolution": resolution, "prediction_type": task.prediction_type,
-                  "steps": trainer.global_step,
-                  "epochs": trainer.current_epoch, "batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": ema_decay,
+                  "steps": trainer.global_step, "epochs": trainer.current_epoch, "batch_size": batch_size, "lr": lr,
+                  "seed": seed, "ema_decay": ema_decay,
                   "last_train_loss": None if loss is None else float(loss), "shapes": list(shapes),
                   "colours": list(colours), "scale": list(scale)}
         (folder / "pretrain.json").write_text(json.dumps(record, indent=2))

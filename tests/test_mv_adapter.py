@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from vadapt.adapters.base import ADAPTERS
 from vadapt.adapters.mv_adapter import (
     MVAdapterConfig,
-    betas_from_snr,
     MVAdapterState,
     MVAttnProcessor,
+    betas_from_snr,
     compute_reference_features,
     inject_mv_adapter,
     load_mv_adapter,

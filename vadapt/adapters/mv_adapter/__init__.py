@@ -12,7 +12,6 @@ from .camera import (
 )
 from .config import MVAdapterConfig
 from .layer import MVAdapterState, MVAttnProcessor, row_mv_attention
-from .schedule import betas_from_snr, shifted_scheduler_config, shifted_snr_betas
 from .model import (
     build_condition_encoder,
     compute_reference_features,
@@ -32,6 +31,7 @@ from .model import (
     unet_kwargs_with_condition,
     use_reference,
 )
+from .schedule import betas_from_snr, shifted_scheduler_config, shifted_snr_betas
 
 ADAPTERS.register("mv_adapter", AdapterMethod(MVAdapterConfig, inject_mv_adapter))
 
