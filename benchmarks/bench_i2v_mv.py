@@ -6,9 +6,9 @@ on synthetic data (the whole UNet trains: ``DiffusionAdapterTask(..., train_unet
 diffusers folder (``DiffusionBase.save_pretrained``), then trains the adapter on that FROZEN base (loaded back
 with ``weights=<folder>``) and compares base vs base + adapter on held-out seeds.
 
-Demo bases (built in this script, registered in this process only, under names no project file uses): a
-pixel-space ``UNet2DConditionModel`` (no VAE: the UNet denoises 3-channel images in [-1, 1]), 3 levels of widths
-(32, 64, 96), one layer per block, the tiny frozen random CLIP text encoder of ``pixel_test`` (character-level
+Demo bases (built in this script, registered in this process only, under names no project file uses): a pixel-space
+``UNet2DConditionModel`` (no VAE: the UNet denoises 3-channel images in [-1, 1]), 3 levels of widths ``--widths``
+(16, 32, 64), one layer per block, the tiny frozen random CLIP text encoder of ``pixel_test`` (character-level
 tokenizer), the DDPM epsilon schedule of SD1.5. Video base (I2V arm): transformer blocks (``attn1`` + cross-
 attention) at the res/2 and res/4 levels and the mid block, made an AnimateDiff ``UNetMotionModel`` with a small
 ``MotionAdapter`` (same widths, 1 motion layer per block, 2 heads, motion mid block). Image base (MV arm): the SD
@@ -17,9 +17,11 @@ need it: diffusers adds a plain ``DownBlock2D``'s residual after its down-sampli
 
 Arms (``--arms``, default ``i2v mv``):
 
-* ``i2v``: data ``ShapesVideoDataModule`` (``--res`` 24 px, ``--frames`` 6, one coloured 2-D shape moving on a
-  straight line, prompt "a red circle moving left", seed 0, train split). (1) Base pretraining as TEXT-TO-VIDEO:
-  unet + motion modules train (``kind="video"``, ``train_unet=True``). (2) I2V-Adapter (``I2VAdapterConfig``,
+* ``i2v``: data ``ShapesVideoDataModule`` (``--res`` 16 px, ``--frames`` 6, one coloured 2-D shape moving on a
+  straight line, prompt "a red circle moving left", seed 0, train split). (1) Base pretraining as TEXT-TO-VIDEO,
+  in AnimateDiff's order: first every frame as a 1-frame clip (appearance; ``--pretrain-steps`` of
+  ``--pretrain-batch`` frames), then whole clips (motion; ``--motion-steps`` of ``--batch`` clips); unet + motion
+  modules train (``kind="video"``, ``train_unet=True``) in both. (2) I2V-Adapter (``I2VAdapterConfig``,
   official defaults) on the frozen base, same clips: frame 0 stays clean and is left out of the loss.
   Evaluation on ``--eval-clips`` clips drawn from seed ``--eval-seed`` (never seen in training): base = text-to-
   video from the clip's prompt (no image); +I2V = the same prompt and the clip's true frame 0. Measured: frame 0
@@ -30,7 +32,7 @@ more than 20 % foreground counts as none: a noise-like sample is not an object),
   frame's mask shifted so the centroids coincide), share of clips where every later frame has one object of
   frame 0's colour, and the mean centroid travel frame 1 -> F-1 (pixels; does it move at all). The same measures
   on the real held-out clips are given as the data row.
-* ``mv``: data ``ShapesMultiviewDataModule`` (``--res`` 24, ``--views`` 4: elevation 0, azimuths 90 deg apart,
+* ``mv``: data ``ShapesMultiviewDataModule`` (``--res`` 16, ``--views`` 4: elevation 0, azimuths 90 deg apart,
   the official orbit for N != 6; sphere / cube / cylinder / cone, prompt "a red cube"). (1) Base pretraining as
   TEXT-TO-IMAGE on single views (every view of every training object, flattened). (2) MV-Adapter
   (``MVAdapterConfig(num_views=N, downscale_factor=1)``: text-to-multiview, row-wise multi-view attention
@@ -38,16 +40,22 @@ more than 20 % foreground counts as none: a noise-like sample is not an object),
   because the base is pixel space, so the encoder's features land on the UNet's levels). Evaluation on
   ``--eval-objects`` prompts drawn from seed ``--eval-seed``: base = N independent samples of the prompt;
   +MV = one N-view sample with the default cameras. Consistency score = share of objects whose N views all have
-  exactly one object and one colour name; also the mean pairwise distance of the views' dominant colours (RGB in
-  [0, 1]), the coefficient of variation of the foreground area across views, and the share of views whose colour
-  name is the prompt's. The same measures on the real held-out renders are the data row.
+  exactly one object and one colour name; the HEIGHT SPREAD: max - min over the views of the object's vertical
+  extent in pixels (the orbit is at elevation 0, so a real object has the same height in every view: 0 px on
+  the real renders; independent samples of the base draw independent sizes); also the mean pairwise distance of
+  the views' dominant colours (RGB in [0, 1]), the coefficient of variation of the foreground area across views,
+  and the share of views whose colour name is the prompt's. The same measures on the real held-out renders are
+  the data row.
 
 Training (every stage): a plain loop (no Lightning Trainer) over ``task._shared_step(batch, "train")``, AdamW
-(lr ``--lr`` 1e-3, weight decay 0.01, 20 warm-up steps, then constant), gradient-norm clip 1, condition dropout
-0.1, batches drawn with a seeded generator from the pre-rendered training set, ``--*-steps`` steps or
-``--*-minutes`` minutes, whichever comes first (the steps actually done are reported), ``torch.manual_seed(0)``.
-Sampling: DDIM, ``--steps`` 20 steps, classifier-free guidance ``--guidance`` 3 (chosen before any run, not
-tuned), fixed seeds.
+(lr ``--lr`` 1e-3, weight decay 0.01, 20 warm-up steps), gradient-norm clip 1, condition dropout 0.1, batches
+drawn with a seeded generator from the pre-rendered training set, ``--*-steps`` steps or ``--*-minutes`` minutes,
+whichever comes first (the steps actually done are reported), ``torch.manual_seed(0)``. Base pretraining as
+``vadapt pretrain-diffusion``: Min-SNR gamma ``--snr-gamma`` 5, the learning rate decaying linearly to 0 over the
+steps, and the moving average of the weights (``--ema`` 0.999, diffusers' ``EMAModel``) is the base that is
+saved; adapters: constant rate after the warm-up. Sampling: DDIM, ``--steps`` 30, classifier-free guidance
+``--guidance`` 1 (none: guidance 3 over-saturates these small bases, found on the ResAdapter demo's base at its
+own resolution, before any adapter sample here), fixed seeds.
 
 Trainable parameters: counted (``requires_grad``) on the demo bases, and on the real architectures on the meta
 device (no weights): I2V-Adapter on SD1.5 (the published 24,793,280), MV-Adapter t2mv on SD2.1 / SDXL
@@ -59,15 +67,12 @@ optimizer and batch exist, ``gc.collect()``, baseline = ``VmRSS``, reset the ker
 (``/proc/self/clear_refs``), 3 training steps, ``added MB = VmHWM - baseline`` (gradients, AdamW state,
 activations), as ``bench_train_memory.py``.
 
-Run: ``python benchmarks/bench_i2v_mv.py`` (both arms one after the other; each arm took about
-20 min wall with ``--threads 1`` at load average 7.5 on the shared 2-core CPU: 6 min base, 4 min adapter, 8-9 min
-sampling, 2 min memory workers; the reported run started the two arms as two such processes at once), ``--arms i2v``
-or ``--arms mv`` (one arm; results are merged into the same JSON), ``--quick`` (smoke test, 2 min, numbers
-meaningless). Output: markdown tables on stdout, every number in ``--out`` (default ``runs/bench_i2v_mv.json``),
-pictures ``docs/i2v_demo.png`` (per clip: the real clip, base text-to-video, +I2V from the real frame 0) and
-``docs/mv_demo.png`` (per object: the real renders, the base's N independent samples, +MV-Adapter), and the two
-pretrained bases under ``runs/bench_i2v_mv/``.
-"""
+Run: ``python benchmarks/bench_i2v_mv.py`` (both arms one after the other), ``--arms i2v`` or ``--arms mv`` (one
+arm; results are merged into the same JSON; BENCHMARKS.md section 10 gives the exact commands and times),
+``--quick`` (smoke test, 2 min, numbers meaningless; pictures go to ``runs/bench_i2v_mv/``). Output: markdown tables
+on stdout, every number in ``--out`` (default ``runs/bench_i2v_mv.json``), pictures ``docs/i2v_demo.png`` (per clip:
+the real clip, base text-to-video, +I2V from the real frame 0) and ``docs/mv_demo.png`` (per object: the real
+renders, the base's N independent samples, +MV-Adapter), and the two pretrained bases under ``runs/bench_i2v_mv/``."""
 
 from __future__ import annotations
 
@@ -103,20 +108,20 @@ warnings.filterwarnings("ignore")
 # ---- demo bases ------------------------------------------------------------------------------------------------
 
 
-def demo_unet(res: int, attention_at_full_res: bool) -> dict[str, Any]:
-    """3 levels (res, res/2, res/4), widths 32/64/96. Video base: attention at res/2, res/4 and the mid block
+def demo_unet(res: int, attention_at_full_res: bool, widths: tuple[int, ...] = (16, 32, 64)) -> dict[str, Any]:
+    """3 levels (res, res/2, res/4) of ``widths``. Video base: attention at res/2, res/4 and the mid block
     (cheaper); image base for MV: the SD layout (attention at res and res/2, none at the last level), which the
     T2IAdapter's intra-block residuals need (a plain ``DownBlock2D`` gets its residual after down-sampling)."""
     down = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D") if attention_at_full_res else (
         "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
     up = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D") if attention_at_full_res else (
         "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
-    return dict(sample_size=res, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 96),
+    return dict(sample_size=res, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=tuple(widths),
                 down_block_types=down, up_block_types=up, cross_attention_dim=32, attention_head_dim=8,
                 norm_num_groups=8)
 
 
-def register_demo_bases(res: int) -> None:
+def register_demo_bases(res: int, widths: tuple[int, ...] = (16, 32, 64)) -> None:
     """Add the two demo architectures to this process's diffusion registry (no project file changes)."""
     from vadapt.backbones import diffusion as d
     from vadapt.backbones.base import BACKBONES, register_backbone
@@ -124,10 +129,11 @@ def register_demo_bases(res: int) -> None:
     if IMAGE_ARCH in d.TINY_CONFIGS:
         return
     text = d.TINY_CONFIGS["pixel_test"]["text_encoder"]
-    d.TINY_CONFIGS[IMAGE_ARCH] = {"base": "sd15", "unet": demo_unet(res, True), "vae": None, "text_encoder": text}
+    d.TINY_CONFIGS[IMAGE_ARCH] = {"base": "sd15", "unet": demo_unet(res, True, widths), "vae": None,
+                                  "text_encoder": text}
     d.TINY_CONFIGS[VIDEO_ARCH] = {
-        "base": "sd15", "unet": demo_unet(res, False), "vae": None, "text_encoder": text,
-        "motion_adapter": dict(block_out_channels=(32, 64, 96), motion_layers_per_block=1,
+        "base": "sd15", "unet": demo_unet(res, False, widths), "vae": None, "text_encoder": text,
+        "motion_adapter": dict(block_out_channels=tuple(widths), motion_layers_per_block=1,
                                motion_num_attention_heads=2, motion_norm_num_groups=8, motion_max_seq_length=32,
                                use_motion_mid_block=True),
     }
@@ -203,13 +209,28 @@ def flatten_views(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"image": view, "prompt": item["prompt"]} for item in items for view in item["views"]]
 
 
+def single_frames(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every frame of every clip as a 1-frame clip ``(1, 3, H, W)`` with the clip's prompt."""
+    return [{"video": frame[None], "prompt": item["prompt"]} for item in items for frame in item["video"]]
+
+
 # ---- training --------------------------------------------------------------------------------------------------
 
 
-def train(task, stream, steps: int, minutes: float, lr: float, label: str) -> dict[str, Any]:
+def train(task, stream, steps: int, minutes: float, lr: float, label: str, ema: float | None = None
+          ) -> dict[str, Any]:
+    """AdamW, 20 warm-up steps; with ``ema`` (pretraining): the learning rate then decays linearly to 0 over
+    ``steps`` and the weights' moving average (diffusers' ``EMAModel``, warm-up on) is what the task keeps."""
     params = [p for p in task.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    if ema:
+        from diffusers.training_utils import EMAModel
+
+        average = EMAModel(params, decay=ema, use_ema_warmup=True, power=0.75)
+        factor = lambda s: min((s + 1) / 20, max(0.0, 1 - s / steps))  # noqa: E731
+    else:
+        factor = lambda s: min(1.0, (s + 1) / 20)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     task.train()
     losses: list[float] = []
     t0, c0 = time.perf_counter(), time.process_time()
@@ -222,12 +243,16 @@ def train(task, stream, steps: int, minutes: float, lr: float, label: str) -> di
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        if ema:
+            average.step(params)
         losses.append(float(loss))
         if (step + 1) % 25 == 0:
             print(f"  {label} step {step + 1}: loss {np.mean(losses[-25:]):.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         if minutes and time.perf_counter() - t0 > minutes * 60:
             break
+    if ema:
+        average.copy_to(params)
     task.eval()
     tail = max(1, len(losses) // 10)
     return {"steps": len(losses), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
@@ -312,7 +337,10 @@ def view_scores(views: torch.Tensor, prompt: str) -> dict[str, float]:
     rgbs = [np.asarray(rgb) for _, rgb in named if rgb is not None]
     dists = [float(np.linalg.norm(a - b)) for i, a in enumerate(rgbs) for b in rgbs[i + 1:]]
     areas = np.array([mask_of(v).sum() for v in views], dtype=np.float64)
-    return {"consistent": float(all(c == 1 for c in counts) and len(set(names)) == 1 and names[0] is not None),
+    rows = [np.nonzero(mask_of(v).any(axis=1))[0] for v, c in zip(views, counts) if c == 1]
+    heights = [r[-1] - r[0] + 1 for r in rows]  # an orbit at elevation 0 keeps the object's height in every view
+    return {"height_spread_px": float(max(heights) - min(heights)) if len(heights) > 1 else float("nan"),
+            "consistent": float(all(c == 1 for c in counts) and len(set(names)) == 1 and names[0] is not None),
             "one_object": float(np.mean([c == 1 for c in counts])),
             "colour_dist": float(np.mean(dists)) if dists else float("nan"),
             "area_cv": float(areas.std() / areas.mean()) if areas.mean() > 0 else float("nan"),
@@ -370,7 +398,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One training configuration's memory in this fresh process: ``--worker {i2v,video_full,mv,image_full}``."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    register_demo_bases(args.res)
+    register_demo_bases(args.res, tuple(args.widths))
     mode = args.worker
     if mode in ("i2v", "video_full"):
         items = render_items(video_module(args, 0, 8), 0, 0, args.mem_batch)
@@ -409,7 +437,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def run_worker(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--res", str(args.res), "--frames",
            str(args.frames), "--views", str(args.views), "--mem-batch", str(args.mem_batch), "--threads",
-           str(args.threads)]
+           str(args.threads), "--widths", *map(str, args.widths)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory worker {mode} failed:\n{proc.stderr[-3000:]}")
@@ -463,9 +491,13 @@ def run_i2v(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"[i2v] {len(train_items)} training clips, {len(eval_items)} held-out clips", file=sys.stderr)
 
     torch.manual_seed(0)
-    base = make_task(VIDEO_ARCH, "video", None, train_unet=True, args=args)
-    pre = train(base, batches(train_items, args.batch, 0), args.pretrain_steps, args.pretrain_minutes, args.lr,
-                "i2v base")
+    base = make_task(VIDEO_ARCH, "video", None, train_unet=True, args=args, snr_gamma=args.snr_gamma)
+    # AnimateDiff's order: appearance on single frames (1-frame clips) first, then motion on whole clips
+    frames_phase = train(base, batches(single_frames(train_items), args.pretrain_batch, 0), args.pretrain_steps,
+                         args.pretrain_minutes, args.lr, "i2v base, frames", ema=args.ema)
+    pre = train(base, batches(train_items, args.batch, 0), args.motion_steps, args.motion_minutes, args.lr,
+                "i2v base, clips", ema=args.ema)
+    pre["frames_phase"] = frames_phase
     pre["base_params"] = base.backbone.parameter_counts()
     folder = work / "video_base"
     base.backbone.save_pretrained(folder)
@@ -495,7 +527,7 @@ def run_i2v(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for i in range(min(args.picture_rows, len(prompts))):
         rows += [(f"real: {prompts[i][2:]}", real[i]), ("base T2V", base_clips[i]), ("+I2V (frame 0 in)",
                                                                                         ours_clips[i])]
-    save_grid(rows, ROOT / "docs" / "i2v_demo.png")
+    save_grid(rows, args.pictures / "i2v_demo.png")
     mem = {m: run_worker(m, args) for m in ("i2v", "video_full")}
     return {"pretrain": pre, "adapter": ad, "trainable_ours": n_ours, "trainable_full_unet": pre["trainable"],
             "scores": scores, "sample_s": sample_s, "memory": mem}
@@ -511,9 +543,9 @@ def run_mv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
           f"(rendered in {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     torch.manual_seed(0)
-    base = make_task(IMAGE_ARCH, "image", None, train_unet=True, args=args)
-    pre = train(base, batches(flatten_views(train_items), args.batch * n, 0), args.pretrain_steps,
-                args.pretrain_minutes, args.lr, "mv base")
+    base = make_task(IMAGE_ARCH, "image", None, train_unet=True, args=args, snr_gamma=args.snr_gamma)
+    pre = train(base, batches(flatten_views(train_items), args.pretrain_batch, 0), args.pretrain_steps,
+                args.pretrain_minutes, args.lr, "mv base", ema=args.ema)
     pre["base_params"] = base.backbone.parameter_counts()
     folder = work / "image_base"
     base.backbone.save_pretrained(folder)
@@ -542,7 +574,7 @@ def run_mv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for i in range(min(args.picture_rows, len(prompts))):
         rows += [(f"real: {prompts[i][2:]}", real[i]), ("base x N indep.", base_views[i]),
                  ("+MV-Adapter", ours_views[i])]
-    save_grid(rows, ROOT / "docs" / "mv_demo.png", scale=4)
+    save_grid(rows, args.pictures / "mv_demo.png", scale=4)
     mem = {m: run_worker(m, args) for m in ("mv", "image_full")}
     return {"pretrain": pre, "adapter": ad, "trainable_ours": n_ours, "trainable_full_unet": pre["trainable"],
             "scores": scores, "sample_s": sample_s, "memory": mem}
@@ -558,8 +590,10 @@ def f(x: float, digits: int = 2) -> str:
 def i2v_tables(r: dict[str, Any], counts: dict[str, int], args: argparse.Namespace) -> str:
     s = r["scores"]
     lines = [f"I2V arm: {args.res} px, {args.frames} frames, {args.eval_clips} held-out clips (seed "
-             f"{args.eval_seed}); base pretrain {r['pretrain']['steps']} steps ({r['pretrain']['wall_s'] / 60:.1f} "
-             f"min, loss {f(r['pretrain']['loss_first'], 3)} -> {f(r['pretrain']['loss_last'], 3)}), I2V "
+             f"{args.eval_seed}); base pretrain {r['pretrain']['frames_phase']['steps']} steps on single frames "
+             f"({r['pretrain']['frames_phase']['wall_s'] / 60:.1f} min) + {r['pretrain']['steps']} on clips "
+             f"({r['pretrain']['wall_s'] / 60:.1f} min, loss {f(r['pretrain']['loss_first'], 3)} -> "
+             f"{f(r['pretrain']['loss_last'], 3)}), I2V "
              f"{r['adapter']['steps']} steps ({r['adapter']['wall_s'] / 60:.1f} min, loss "
              f"{f(r['adapter']['loss_first'], 3)} -> {f(r['adapter']['loss_last'], 3)})", "",
              "| clips | frame 0 max abs diff | frame 0 exact (float / uint8) | later frames: one object | "
@@ -591,12 +625,12 @@ def mv_tables(r: dict[str, Any], counts: dict[str, int], args: argparse.Namespac
              f"{r['adapter']['steps']} steps ({r['adapter']['wall_s'] / 60:.1f} min, loss "
              f"{f(r['adapter']['loss_first'], 3)} -> {f(r['adapter']['loss_last'], 3)})", "",
              "| views | consistency score | views with one object | mean pairwise colour dist | area CV | "
-             "views of the prompt's colour |", "|---|---|---|---|---|---|"]
+             "height spread (px) | views of the prompt's colour |", "|---|---|---|---|---|---|---|"]
     for key, label in (("data", "real held-out renders"), ("base", f"base, {args.views} independent samples"),
                        ("mv", "base + MV-Adapter")):
         v = s[key]
         lines.append(f"| {label} | {f(v['consistent'])} | {f(v['one_object'])} | {f(v['colour_dist'], 3)} | "
-                     f"{f(v['area_cv'])} | {f(v['prompt_colour'])} |")
+                     f"{f(v['area_cv'])} | {f(v['height_spread_px'], 1)} | {f(v['prompt_colour'])} |")
     m = r["memory"]
     lines += ["", f"| MV arm | trainable params | training memory, added MB (batch {args.mem_batch} objects x "
               f"{args.views} views) | step s |", "|---|---|---|---|",
@@ -623,7 +657,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arms", nargs="+", default=["i2v", "mv"], choices=["i2v", "mv"])
     p.add_argument("--out", type=Path, default=None, help="JSON results (default runs/bench_i2v_mv.json)")
-    p.add_argument("--res", type=int, default=24)
+    p.add_argument("--res", type=int, default=16)
+    p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], help="the demo UNets' 3 level widths")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--train-clips", type=int, default=512)
@@ -631,16 +666,23 @@ def main() -> None:
     p.add_argument("--eval-clips", type=int, default=16)
     p.add_argument("--eval-objects", type=int, default=16)
     p.add_argument("--eval-seed", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=2, help="clips / objects per training step")
+    p.add_argument("--batch", type=int, default=4, help="clips / objects per training step")
+    p.add_argument("--pretrain-batch", type=int, default=16, help="single images / frames per pretraining step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pretrain-steps", type=int, default=3000)
-    p.add_argument("--pretrain-minutes", type=float, default=6.0)
-    p.add_argument("--adapter-steps", type=int, default=2000)
-    p.add_argument("--adapter-minutes", type=float, default=4.0)
-    p.add_argument("--steps", type=int, default=20, help="DDIM sampling steps")
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--pretrain-minutes", type=float, default=30.0, help="wall-clock cap of pretraining")
+    p.add_argument("--motion-steps", type=int, default=1500, help="I2V base: steps on whole clips after the frames")
+    p.add_argument("--motion-minutes", type=float, default=30.0)
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR gamma of base pretraining")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of base pretraining (0: none)")
+    p.add_argument("--adapter-steps", type=int, default=100_000)
+    p.add_argument("--adapter-minutes", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=30, help="DDIM sampling steps")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1: none)")
     p.add_argument("--mem-batch", type=int, default=2)
     p.add_argument("--picture-rows", type=int, default=3)
+    p.add_argument("--pictures", type=Path, default=None, help="folder of the pictures (default docs/; --quick: "
+                   "runs/bench_i2v_mv/)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="smoke test (~2 min, numbers meaningless)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -649,12 +691,13 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     if args.quick:
-        args.pretrain_steps, args.adapter_steps, args.steps = 4, 4, 3
+        args.pretrain_steps, args.motion_steps, args.adapter_steps, args.steps = 4, 4, 4, 3
         args.train_clips = args.train_objects = 8
         args.eval_clips = args.eval_objects = 3
     torch.set_num_threads(args.threads)
-    register_demo_bases(args.res)
+    register_demo_bases(args.res, tuple(args.widths))
     work = ROOT / "runs" / "bench_i2v_mv"
+    args.pictures = args.pictures or (work if args.quick else ROOT / "docs")
     out = args.out or ROOT / "runs" / ("bench_i2v_mv_quick.json" if args.quick else "bench_i2v_mv.json")
     counts = real_counts()
     results: dict[str, Any] = {}

@@ -6,7 +6,10 @@ pretrained by this script (``vadapt pretrain-diffusion``, the whole UNet, a few 
 of ONE coloured shape on black (``ShapesImageDataModule``: circle / square / triangle in red / green / blue /
 yellow, prompt ``"a red circle"``) at ONE resolution ``R`` (default 16 px: the CPU budget of this machine).
 
-1. **Base**: ``pretrain_diffusion_base`` at ``R`` (or ``--base DIR``, a folder it wrote).
+1. **Base**: ``pretrain_diffusion_base`` at ``R`` (or ``--base DIR``, a folder it wrote): 3,000 steps of batch 16,
+   lr 1e-3 decaying linearly to 0, Min-SNR gamma 5, v-prediction, and the EMA of the weights (decay 0.999) is
+   what is saved; these made the difference between a base that draws noise and one that draws clean shapes
+   (BENCHMARKS.md section 11).
 2. **ResAdapter** (``ResAdapterConfig()`` defaults: ResCLoRA r=16, alpha 8 on the 2 down- and 2 up-sampler convs
    + ResENorm) trains on the frozen base with the same data generator on mixed-resolution buckets
    ``[R/2, R, 2R, 3R/2 x R, R x 3R/2]`` (the paper trains on many sizes and aspect ratios), a fixed time budget.
@@ -14,7 +17,9 @@ yellow, prompt ``"a red circle"``) at ONE resolution ``R`` (default 16 px: the C
    restores the base exactly; checked against a fresh base below), base + ResAdapter (strength 1), and strength
    0 (the LoRA branch off, ResENorm kept: the official strength scales only the LoRA). DDIM, classifier-free
    guidance, the same prompts and held-out seeds (``--sample-seed``, never used in training or tuning) for every
-   arm, so the arms are paired.
+   arm, so the arms are paired. Sampling settings (30 DDIM steps, guidance 1 = no classifier-free guidance) were
+   chosen on the BASE at its own resolution only (guidance 3 over-saturates this small base into blobs), before
+   any adapter sample was looked at.
 4. **Measures** (``vadapt.data.generation``): ``one object`` = exactly one 8-connected non-black component
    (``count_objects``, components of >= 4 pixels, tolerance 40/255) covering at most half of the image (a
    training shape covers at most ~39 %; more is noise or a coloured background); ``right colour`` = the median
@@ -29,7 +34,7 @@ yellow, prompt ``"a red circle"``) at ONE resolution ``R`` (default 16 px: the C
 Writes ``<workdir>/results.json``, ``<workdir>/resadapter.safetensors`` and the picture ``--picture``
 (rows base / + ResAdapter, 4 samples at each resolution, nearest-upscaled), prints a markdown table.
 
-Run: ``python benchmarks/bench_resadapter.py`` (about 20 minutes on 2 busy CPU cores); ``--base DIR`` reuses a
+Run: ``python benchmarks/bench_resadapter.py`` (about 25 minutes on 2 CPU cores); ``--base DIR`` reuses a
 pretrained base; ``--help`` for options.
 """
 
@@ -233,20 +238,20 @@ def main() -> None:
     parser.add_argument("--base", help="a pretrained base folder to reuse (else pretrained into WORKDIR/base)")
     parser.add_argument("--backbone", default="pixel_demo")
     parser.add_argument("--resolution", type=int, default=16, help="the base's one training resolution")
-    parser.add_argument("--pretrain-minutes", type=float, default=9.0)
-    parser.add_argument("--pretrain-steps", type=int, default=-1,
+    parser.add_argument("--pretrain-minutes", type=float, default=30.0, help="wall-clock cap of pretraining")
+    parser.add_argument("--pretrain-steps", type=int, default=3000,
                         help="also stop pretraining after these steps (the learning rate decays over them)")
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
     parser.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma weighting of pretraining")
     parser.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the pretrained weights (0: none)")
-    parser.add_argument("--adapter-minutes", type=float, default=5.0)
+    parser.add_argument("--adapter-minutes", type=float, default=10.0)
     parser.add_argument("--adapter-steps", type=int, default=-1, help="also stop the adapter after these steps")
     parser.add_argument("--adapter-lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=16, help="pretraining batch")
     parser.add_argument("--adapter-batch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=48, help="images per resolution and arm")
-    parser.add_argument("--steps", type=int, default=15, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1: none)")
     parser.add_argument("--sample-seed", type=int, default=10_000, help="held-out sampling seeds start here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-batch", type=int, default=16)
