@@ -9,11 +9,12 @@ with ``weights=<folder>``) and compares base vs base + adapter on held-out seeds
 Demo bases (built in this script, registered in this process only, under names no project file uses): a pixel-space
 ``UNet2DConditionModel`` (no VAE: the UNet denoises 3-channel images in [-1, 1]), 3 levels of widths ``--widths``
 (16, 32, 64), one layer per block, the tiny frozen random CLIP text encoder of ``pixel_test`` (character-level
-tokenizer), the DDPM epsilon schedule of SD1.5. Video base (I2V arm): transformer blocks (``attn1`` + cross-
-attention) at the res/2 and res/4 levels and the mid block, made an AnimateDiff ``UNetMotionModel`` with a small
-``MotionAdapter`` (same widths, 1 motion layer per block, 2 heads, motion mid block). Image base (MV arm): the SD
-layout, transformer blocks at the res and res/2 levels and the mid block (the T2IAdapter's intra-block residuals
-need it: diffusers adds a plain ``DownBlock2D``'s residual after its down-sampling).
+tokenizer), the DDPM schedule of SD1.5 with v-prediction and x0 clipping (as ``vadapt pretrain-diffusion``). Video
+base (I2V arm): transformer blocks (``attn1`` + cross- attention) at the res/2 and res/4 levels and the mid block,
+made an AnimateDiff ``UNetMotionModel`` with a small ``MotionAdapter`` (same widths, 1 motion layer per block, 2
+heads, motion mid block). Image base (MV arm): the SD layout, transformer blocks at the res and res/2 levels and the
+mid block (the T2IAdapter's intra-block residuals need it: diffusers adds a plain ``DownBlock2D``'s residual after
+its down-sampling).
 
 Arms (``--arms``, default ``i2v mv``):
 
@@ -142,6 +143,13 @@ def register_demo_bases(res: int, widths: tuple[int, ...] = (16, 32, 64)) -> Non
         if name not in BACKBONES:
             register_backbone(name, family="diffusion", builder=d.DiffusionBase, arch=name, tiny=True,
                               description="bench_i2v_mv demo base (pixel space)")
+
+
+def pixel_objective(task) -> None:
+    """The objective of ``vadapt pretrain-diffusion`` for a pixel-space base: v-prediction (no amplified noise
+    error at high noise) and x0 clipping to [-1, 1] in the sampler; saved with the base's scheduler config."""
+    task.backbone.scheduler_config.update(prediction_type="v_prediction", clip_sample=True)
+    task._noise_scheduler = None
 
 
 def make_task(arch: str, kind: str, adapter: Any = None, weights: str | None = None, train_unet: bool = False,
@@ -492,6 +500,7 @@ def run_i2v(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     torch.manual_seed(0)
     base = make_task(VIDEO_ARCH, "video", None, train_unet=True, args=args, snr_gamma=args.snr_gamma)
+    pixel_objective(base)
     # AnimateDiff's order: appearance on single frames (1-frame clips) first, then motion on whole clips
     frames_phase = train(base, batches(single_frames(train_items), args.pretrain_batch, 0), args.pretrain_steps,
                          args.pretrain_minutes, args.lr, "i2v base, frames", ema=args.ema)
@@ -544,6 +553,7 @@ def run_mv(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     torch.manual_seed(0)
     base = make_task(IMAGE_ARCH, "image", None, train_unet=True, args=args, snr_gamma=args.snr_gamma)
+    pixel_objective(base)
     pre = train(base, batches(flatten_views(train_items), args.pretrain_batch, 0), args.pretrain_steps,
                 args.pretrain_minutes, args.lr, "mv base", ema=args.ema)
     pre["base_params"] = base.backbone.parameter_counts()
