@@ -39,6 +39,27 @@ def test_pretrained_base_is_a_diffusers_folder_that_loads_as_weights(tiny_base):
     assert images.shape == (1, 3, 8, 8)
 
 
+def test_written_weights_are_the_moving_average_not_the_last_step():
+    from types import SimpleNamespace
+
+    from vadapt.tasks.diffusion_pretrain import UNetEMA
+
+    unet = torch.nn.Linear(3, 3)
+    module = SimpleNamespace(backbone=SimpleNamespace(unet=unet))
+    ema = UNetEMA(0.999)
+    ema.on_fit_start(None, module)
+    for value in (0.0, 1.0):  # two optimiser steps: the weights become 0, then 1
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.fill_(value)
+        ema.on_train_batch_end(None, module)
+    ema.on_fit_end(None, module)
+    for p in unet.parameters():  # diffusers' warm-up: the average of step 2 weighs both steps
+        assert (0 < p).all() and (p < 1).all() and torch.allclose(p, p.flatten()[0].expand_as(p))
+    with pytest.raises(ValueError, match="ema_decay"):
+        UNetEMA(1.0)
+
+
 def test_pretrain_refuses_an_existing_output_and_bad_arguments(tiny_base, tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         pretrain_diffusion_base(tiny_base, **TINY)
@@ -50,8 +71,10 @@ def test_pretrain_refuses_an_existing_output_and_bad_arguments(tiny_base, tmp_pa
 def test_cli_pretrain_diffusion_writes_the_base(tmp_path, capsys):
     out = tmp_path / "cli_base"
     code = main(["pretrain-diffusion", "--output", str(out), "--backbone", "pixel_test", "--resolution", "8",
-                 "--epochs", "1", "--num-samples", "2", "--batch-size", "2"])
+                 "--epochs", "3", "--steps", "1", "--num-samples", "2", "--batch-size", "2", "--ema-decay", "0.9"])
     assert code == 0 and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    record = json.loads((out / "pretrain.json").read_text())
+    assert record["steps"] == 1 and record["ema_decay"] == 0.9
     assert "weights:" in capsys.readouterr().out
 
 
