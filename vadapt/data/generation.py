@@ -334,6 +334,32 @@ def _read_metadata(path: Path) -> dict[str, str]:
     return out
 
 
+def metadata_captions(root: Path) -> dict[str, str]:
+    """``{resolved file path: caption}`` of every ``metadata.csv`` / ``metadata.jsonl`` under ``root``."""
+    table: dict[str, str] = {}
+    for name in METADATA_FILES:
+        for meta in sorted(root.rglob(name)):
+            table.update(_read_metadata(meta))
+    return table
+
+
+def probe_files(paths: Sequence[Path], probe: Any, root: Path, noun: str) -> tuple[list[tuple[Path, Any]], list[Path]]:
+    """Run ``probe(path)`` (a value, or a string saying why the file cannot be used) over ``paths`` in threads;
+    warn once listing the unusable ones and raise when none is usable. Returns the usable ``(path, value)`` pairs
+    and the skipped paths."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        probes = list(pool.map(probe, paths))
+    bad = [(p, why) for p, why in zip(paths, probes) if isinstance(why, str)]
+    if len(bad) == len(paths):
+        raise DataError(f"none of the {len(paths)} {noun} in {root} can be used (the first: {bad[0][0]}: "
+                        f"{bad[0][1]})")
+    if bad:
+        warnings.warn(f"{len(bad)} of {len(paths)} {noun} in {root} are skipped: "
+                      f"{_listing([f'{p.relative_to(root)} ({why})' for p, why in bad])}",
+                      CorruptImageWarning, stacklevel=3)
+    return [(p, v) for p, v in zip(paths, probes) if not isinstance(v, str)], [p for p, _ in bad]
+
+
 def _probe(path: Path, full: bool) -> Bucket | str:
     """The oriented ``(h, w)`` of an image, or why it cannot be read."""
     try:
@@ -489,10 +515,7 @@ class CaptionedImageDataModule(_GenerationDataModule):
 
     def captions(self, files: Sequence[Path]) -> list[str | None]:
         """Caption of every file by the rules of the module docstring (``None``: none found)."""
-        table: dict[str, str] = {}
-        for name in METADATA_FILES:
-            for meta in sorted(self.root.rglob(name)):
-                table.update(_read_metadata(meta))
+        table = metadata_captions(self.root)
         out: list[str | None] = []
         for path in files:
             sidecar = path.with_suffix(".txt")
@@ -512,18 +535,7 @@ class CaptionedImageDataModule(_GenerationDataModule):
         if not files:
             raise DataError(f"{self.root} has no images ({', '.join(IMAGE_SUFFIXES)}); put images there, captions in "
                             "<name>.txt files or a metadata.csv with file_name,text")
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            probes = list(pool.map(lambda p: _probe(p, hp.check_files), files))
-        bad = [(p, why) for p, why in zip(files, probes) if isinstance(why, str)]
-        self.skipped = [p for p, _ in bad]
-        if len(bad) == len(files):
-            raise DataError(f"none of the {len(files)} images in {self.root} could be read (the first: {bad[0][0]}, "
-                            f"{bad[0][1]})")
-        if bad:
-            warnings.warn(f"{len(bad)} of {len(files)} images in {self.root} could not be read and are skipped: "
-                          f"{_listing([f'{p.relative_to(self.root)} ({why})' for p, why in bad])}",
-                          CorruptImageWarning, stacklevel=2)
-        good = [(p, s) for p, s in zip(files, probes) if not isinstance(s, str)]
+        good, self.skipped = probe_files(files, lambda p: _probe(p, hp.check_files), self.root, "images")
         captions = self.captions([p for p, _ in good])
         missing = [p for (p, _), c in zip(good, captions) if c is None]
         if missing:

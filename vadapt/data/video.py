@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,15 @@ from torch.utils.data import Dataset
 
 from vadapt.data.generation import (
     IMAGE_SUFFIXES,
-    METADATA_FILES,
     Bucket,
     CorruptImageWarning,
     _check_common,
     _GenerationDataModule,
-    _listing,
-    _read_metadata,
     _size,
     _split,
     load_rgb,
+    metadata_captions,
+    probe_files,
     resize_crop,
 )
 from vadapt.data.io import DataError
@@ -225,10 +223,7 @@ class VideoClipDataModule(_GenerationDataModule):
         return sorted(clips)
 
     def captions(self, clips: Sequence[Path]) -> list[str | None]:
-        table: dict[str, str] = {}
-        for name in METADATA_FILES:
-            for meta in sorted(self.root.rglob(name)):
-                table.update(_read_metadata(meta))
+        table = metadata_captions(self.root)
         out: list[str | None] = []
         for path in clips:
             sidecar = path.with_name(path.stem + ".txt") if path.is_file() else path.with_name(path.name + ".txt")
@@ -252,18 +247,7 @@ class VideoClipDataModule(_GenerationDataModule):
                 return f"{type(exc).__name__}: {exc}"
             return count if count >= hp.num_frames else f"{count} frames, fewer than num_frames {hp.num_frames}"
 
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            probes = list(pool.map(probe, clips))
-        bad = [(p, why) for p, why in zip(clips, probes) if isinstance(why, str)]
-        self.skipped = [p for p, _ in bad]
-        if len(bad) == len(clips):
-            raise DataError(f"none of the {len(clips)} clips in {self.root} can be used (the first: {bad[0][0]}: "
-                            f"{bad[0][1]})")
-        if bad:
-            warnings.warn(f"{len(bad)} of {len(clips)} clips in {self.root} are skipped: "
-                          f"{_listing([f'{p.relative_to(self.root)} ({why})' for p, why in bad])}",
-                          CorruptImageWarning, stacklevel=2)
-        good = [(p, n) for p, n in zip(clips, probes) if not isinstance(n, str)]
+        good, self.skipped = probe_files(clips, probe, self.root, "clips")
         captions = self.captions([p for p, _ in good])
         missing = [p for (p, _), c in zip(good, captions) if c is None]
         if missing:
