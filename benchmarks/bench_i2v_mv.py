@@ -385,25 +385,11 @@ def save_grid(rows: list[tuple[str, torch.Tensor]], path: Path, scale: int = 3) 
 # ---- memory worker -----------------------------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One training configuration's memory in this fresh process: ``--worker {i2v,video_full,mv,image_full}``."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_train_memory import peak_mb, reset_peak, rss_mb
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     register_demo_bases(args.res, tuple(args.widths))
@@ -427,7 +413,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     params = [p for p in task.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     gc.collect()
-    baseline = _status_kb("VmRSS") / 1024
+    baseline = rss_mb()
     resettable = reset_peak()
     times = []
     for _ in range(3):
@@ -437,7 +423,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    peak = _status_kb("VmHWM") / 1024
+    peak = peak_mb()
     return {"mode": mode, "trainable": sum(p.numel() for p in params), "baseline_mb": baseline, "peak_mb": peak,
             "added_mb": peak - baseline, "peak_reset": resettable, "step_s": float(np.median(times[1:]))}
 
