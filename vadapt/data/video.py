@@ -102,8 +102,9 @@ def count_frames(path: Path) -> int:
 
 
 def read_frames(path: Path, indices: Sequence[int]) -> list[Image.Image]:
-    """The frames ``indices`` (sorted, possibly repeated) of a clip as RGB images."""
-    wanted = sorted(set(indices))
+    """The frames ``indices`` (any order, repeats allowed) of a clip as RGB images."""
+    wanted = set(indices)
+    last = max(wanted)
     frames: dict[int, Image.Image] = {}
     if path.is_dir():
         files = _frame_files(path)
@@ -113,14 +114,14 @@ def read_frames(path: Path, indices: Sequence[int]) -> list[Image.Image]:
             for i, frame in enumerate(ImageSequence.Iterator(image)):
                 if i in wanted:
                     frames[i] = frame.convert("RGB")
-                if i >= wanted[-1]:
+                if i >= last:
                     break
     else:
         import cv2
 
         capture = cv2.VideoCapture(str(path))
         try:
-            for i in range(wanted[-1] + 1):  # sequential decoding: seeking is inexact in many containers
+            for i in range(last + 1):  # sequential decoding: seeking is inexact in many containers
                 ok, bgr = capture.read()
                 if not ok:
                     break
@@ -128,7 +129,7 @@ def read_frames(path: Path, indices: Sequence[int]) -> list[Image.Image]:
                     frames[i] = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             capture.release()
-    missing = [i for i in wanted if i not in frames]
+    missing = sorted(wanted - frames.keys())
     if missing:
         raise ValueError(f"frame {missing[0]} could not be read")
     return [frames[i] for i in indices]
