@@ -153,3 +153,24 @@ def test_i2v_adapter_trains_on_clip_files(clips, tmp_path) -> None:
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train_loss"])
     after = dict(task.backbone.named_parameters())
     assert any(not torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_cli_fit_reads_a_clip_folder(clips, tmp_path) -> None:
+    """The I2V config's data section (VideoClipDataModule) through LightningCLI, on the tiny base."""
+    import yaml
+
+    from vadapt.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = yaml.safe_load((repo / "configs" / "i2v_adapter_sd15.yaml").read_text())["data"]
+    assert shipped["class_path"] == "vadapt.data.video.VideoClipDataModule"
+    config = yaml.safe_load((repo / "tests" / "conf" / "i2v_adapter_test.yaml").read_text())
+    config["data"] = {"class_path": shipped["class_path"],
+                      "init_args": {**shipped["init_args"], "root": str(clips), "resolution": 64, "num_frames": 3,
+                                    "stride": 2, "batch_size": 2, "val_fraction": 0.0}}
+    path = tmp_path / "i2v_clips.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptImageWarning)
+        main(["fit", "--config", str(path), "--trainer.fast_dev_run", "true", "--trainer.default_root_dir",
+              str(tmp_path)])
