@@ -131,7 +131,7 @@ class ModelCache:
 
     @staticmethod
     def _load(info: CheckpointInfo) -> Any:
-        from vadapt.checkpoint import load_task
+        from vadapt.loading import load_task
 
         weights = sidecar_weights(info.path)
         try:

@@ -35,7 +35,7 @@ import sys, time
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
-from vadapt.checkpoint import load_task
+from vadapt.loading import load_task
 task = load_task(sys.argv[1]).eval()
 out = Path(sys.argv[3]); out.mkdir(parents=True, exist_ok=True)
 with torch.no_grad():

@@ -161,7 +161,7 @@ def run_one(key: str, args) -> dict:
     result = {"run": key, "label": spec["label"], "lr": spec["lr"], "trainable": trainable, "total": total,
               "steps": steps, "images_seen": steps * args.batch, "fit_s": fit_s, "eval_s": eval_s, **scores}
     if spec["adapter"] is not None:  # adapter checkpoint round trip (what a user would ship)
-        from vadapt.checkpoint import load_adapter
+        from vadapt.loading import load_adapter
 
         path = Path(trainer.log_dir) / "adapter.safetensors"
         again = load_adapter(path)

@@ -16,10 +16,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from vadapt.adapters import AdapterConfig, apply_adapter
+import vadapt.composites  # noqa: F401  (registers the composite backbones: Any2Point)
+from vadapt.adapters import AdapterConfig, apply_adapter, as_adapter_config
 from vadapt.backbones import Backbone, create_backbone
 from vadapt.bands import RGB
-from vadapt.config import as_adapter_config, to_plain
+from vadapt.config import to_plain
 from vadapt.params import count_parameters
 
 

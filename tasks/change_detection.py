@@ -24,7 +24,7 @@ from torch import nn
 
 from vadapt.adapters import AdapterConfig
 from vadapt.bands import RGB, BandInit
-from vadapt.inference.tiling import sliding_window
+from vadapt.tiling import sliding_window
 
 from .base import BaseTask
 from .change_heads import DepthFusionChangeDecoder, PyramidChangeDecoder, exchange_levels

@@ -461,7 +461,7 @@ class DiffusionAdapterTask(BaseTask):
 def default_cameras(num_views: int, height: int, width: int) -> torch.Tensor:
     """MV-Adapter's camera maps ``(1, N, 6, H, W)``: the official six orthographic views for ``N = 6``, else
     ``N`` views evenly spaced in azimuth at elevation 0."""
-    from vadapt.adapters.mv_adapter.camera import official_six_view_cameras, orbit_cameras, ortho_camera_maps
+    from vadapt.geometry.cameras import official_six_view_cameras, orbit_cameras, ortho_camera_maps
 
     if num_views == 6:
         c2w = official_six_view_cameras()

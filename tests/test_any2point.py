@@ -14,11 +14,11 @@ from vadapt.adapters.any2point import (
     PointPNTokenizer,
     SequenceProjectionPE,
     VirtualProjectionPE,
-    create_any2point,
     euler_to_matrix,
 )
 from vadapt.adapters.any2point.layer import SIX_VIEWS, GuidedGeometry, segment_pool, view_weights
 from vadapt.backbones import create_backbone
+from vadapt.composites import create_any2point
 
 TINY = dict(num_points=128, tokenizer_dim=6, k_neighbors=8, last_bottleneck=4)
 
@@ -260,8 +260,8 @@ def test_sequence_projection_spans_the_table_in_every_view() -> None:
 
 def test_real_clip_text_trainable_count_on_meta() -> None:
     """Paper: 0.95 M trainable (CLIP ViT-L/14 text transformer, without the head)."""
-    from vadapt.backbones.any2point import _build_clip_text
     from vadapt.backbones.base import BACKBONES
+    from vadapt.composites.any2point import _build_clip_text
 
     with torch.device("meta"):
         bb = _build_clip_text(**BACKBONES.get("any2point_clip_text_l14").kwargs)

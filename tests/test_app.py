@@ -190,7 +190,7 @@ def test_segment_tiles_any_size_and_exports_a_georeferenced_mask(demo, tmp_path)
 
 
 def test_segment_equals_the_model_on_a_single_tile(demo, tmp_path):
-    from vadapt.checkpoint import load_task
+    from vadapt.loading import load_task
 
     array = np.random.default_rng(3).random((4, 64, 96)).astype(np.float32)
     image_id, _ = demo.upload(str(write_geotiff(tmp_path / "small.tif", array, BANDS)))
@@ -322,7 +322,7 @@ def test_demo_subcommand_parses_and_app_is_not_imported_by_the_library():
 
 
 def test_shipped_demo_checkpoints_are_small_and_reload_identically():
-    from vadapt.checkpoint import load_task
+    from vadapt.loading import load_task
 
     folder = demo_files.SHIPPED_DIR
     lacking = [n for n in demo_files.missing(folder) if n not in demo_files.GENERATION]  # those: built on start

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import vadapt.composites  # noqa: F401  (registers the composite backbones, so every entry is enumerated)
 from vadapt.backbones import BACKBONES, create_backbone
 from vadapt.weights import WeightsMismatchError, WeightsNotFoundError
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from vadapt.adapters import BottleneckConfig, LoraConfig
 from vadapt.backbones import Backbone
-from vadapt.checkpoint import load_task
 from vadapt.cli import main
 from vadapt.data.change import ChangeDetectionDataModule
 from vadapt.data.io import DataError
+from vadapt.loading import load_task
 from vadapt.tasks import ChangeDetectionTask
 from vadapt.tasks.change_heads import exchange_levels
 

@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from vadapt.adapters import LoraConfig
-from vadapt.checkpoint import AdapterCheckpointError, load_adapter, load_adapter_into, load_task, save_adapter
+from vadapt.checkpoint import AdapterCheckpointError, load_adapter_into, save_adapter
 from vadapt.cli import main
 from vadapt.data.scene import SceneDataModule
 from vadapt.export import export
+from vadapt.loading import load_adapter, load_task
 from vadapt.tasks import SemanticSegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from conftest import train_steps
 
 from vadapt.adapters import I2VAdapterConfig, MVAdapterConfig
 from vadapt.backbones import create_backbone
-from vadapt.checkpoint import load_task, save_adapter
+from vadapt.checkpoint import save_adapter
 from vadapt.cli import main
+from vadapt.loading import load_task
 from vadapt.tasks.generation import DiffusionAdapterTask
 
 

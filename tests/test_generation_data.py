@@ -275,7 +275,7 @@ def test_shapes_video_constant_colour_and_motion() -> None:
 
 # ---- synthetic multi-view ----------------------------------------------------------------------------------------
 def test_shapes_multiview_batches() -> None:
-    from vadapt.adapters.mv_adapter.camera import official_six_view_cameras, ortho_camera_maps
+    from vadapt.geometry.cameras import official_six_view_cameras, ortho_camera_maps
 
     dm = ShapesMultiviewDataModule(resolution=32, num_samples=8, batch_size=4, val_fraction=0.0, seed=2)
     batches = batches_of(dm)

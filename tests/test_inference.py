@@ -18,12 +18,13 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from vadapt.adapters import LoraConfig
-from vadapt.checkpoint import load_task, save_adapter
+from vadapt.checkpoint import save_adapter
 from vadapt.cli import main
 from vadapt.inference import RowBlender, infer, sliding_window, tile_grid
 from vadapt.inference.files import TMP_MARK, pair_inputs
-from vadapt.inference.tiling import tile_starts
+from vadapt.loading import load_task
 from vadapt.tasks import SemanticSegmentationTask
+from vadapt.tiling import tile_starts
 
 BANDS = ("red", "green", "blue")
 

@@ -9,7 +9,8 @@ from conftest import train_steps
 from safetensors.torch import load_file
 
 from vadapt.adapters import QVDoraConfig, SaltConfig
-from vadapt.checkpoint import load_task, save_adapter
+from vadapt.checkpoint import save_adapter
+from vadapt.loading import load_task
 from vadapt.tasks import PromptableSegmentationTask
 from vadapt.tasks.sam_decoding import CoarseMaskGenerator, _attend, decode_masks
 
@@ -204,7 +205,7 @@ def test_adapter_files_leave_out_the_frozen_prompt_encoder_and_decoder(tmp_path)
 def test_mapsam_and_salt_configs_train_the_papers_parts_on_sam_vit_b():
     from pathlib import Path
 
-    from vadapt.config import task_from_config_file
+    from vadapt.loading import task_from_config_file
 
     configs = Path(__file__).parents[1] / "configs"
 

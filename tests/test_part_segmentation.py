@@ -11,10 +11,11 @@ import yaml
 from conftest import assert_backbone_frozen_while_head_and_lora_train, train_steps
 
 from vadapt.adapters import IDPTConfig, LoraConfig
-from vadapt.checkpoint import load_task, read_manifest, save_adapter
+from vadapt.checkpoint import read_manifest, save_adapter
 from vadapt.cli import main
 from vadapt.data.points import PointFolderDataModule
 from vadapt.data.shapes import make_shapes
+from vadapt.loading import load_task
 from vadapt.tasks.part_segmentation import PartIoU, PartSegmentationTask, interpolate_three_nn
 
 CONF = Path(__file__).parent / "conf"

@@ -11,10 +11,11 @@ import torch
 from conftest import assert_backbone_frozen_while_head_and_lora_train, train_steps
 
 from vadapt.adapters import LoraConfig
-from vadapt.checkpoint import load_task, read_manifest, save_adapter
+from vadapt.checkpoint import read_manifest, save_adapter
 from vadapt.cli import main
 from vadapt.data.points import PointFolderDataModule
 from vadapt.data.shapes import make_shapes
+from vadapt.loading import load_task
 from vadapt.tasks.point_classification import PointClassificationTask, scale_and_translate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ import torch
 from conftest import train_steps
 
 from vadapt.adapters import QVDoraConfig
-from vadapt.checkpoint import load_task, save_adapter
+from vadapt.checkpoint import save_adapter
+from vadapt.loading import load_task
 from vadapt.tasks import EmbeddingCache, PromptableSegmentationTask
 from vadapt.tasks.promptable import masked_mean_embedding, select_point_prompts
 

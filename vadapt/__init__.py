@@ -4,7 +4,9 @@ Heavy libraries (torch, timm, peft, lightning) are imported lazily by the submod
 ``import vadapt`` and ``vadapt --help`` stay fast.
 """
 
-__version__ = "0.1.0"
+from vadapt.version import __version__
+
+__all__ = ["__version__"]
 
 
 def __getattr__(name: str):

@@ -4,7 +4,8 @@ One ``.safetensors`` file holds every tensor that training changed (adapter *and
 metadata under ``vadapt_manifest``, a JSON manifest: the task class and its resolved init args (backbone
 name, weights, adapter config, bands, normalisation statistics, class names), the backbone's metadata, the
 parameter counts and the vadapt version. Given the backbone's upstream weights, the file rebuilds the model
-and its preprocessing. A *merged* checkpoint (``vadapt export --merge``) instead holds the full weights with
+and its preprocessing (:mod:`vadapt.loading` does that: it sits above the tasks, this format below them). A
+*merged* checkpoint (``vadapt export --merge``) instead holds the full weights with
 LoRA folded in and needs nothing else.
 
 Files are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-import vadapt
+from vadapt.version import __version__
 
 if TYPE_CHECKING:
     from vadapt.tasks.base import BaseTask
@@ -37,7 +38,7 @@ def manifest_for(task: BaseTask, merged: bool = False) -> dict[str, Any]:
     hp = task.plain_hparams()
     return {
         "format": FORMAT,
-        "vadapt_version": vadapt.__version__,
+        "vadapt_version": __version__,
         "task": f"{type(task).__module__}.{type(task).__qualname__}",
         "init_args": hp,
         "merged": merged,
@@ -87,26 +88,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def load_adapter(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
-    """Rebuild the task stored in ``path`` and load its tensors; ready for ``eval()``.
-
-    Args:
-        weights: where the backbone's upstream weights are, overriding the manifest's ``weights`` (the
-            training machine's path rarely exists elsewhere). Ignored for merged checkpoints.
-    """
-    from vadapt.config import build_task
-
-    manifest = read_manifest(path)
-    init_args = dict(manifest["init_args"])
-    if manifest["merged"]:
-        init_args.update(weights=None, adapter=None)
-    elif weights is not None:
-        init_args["weights"] = weights
-    task = build_task(manifest["task"], init_args)
-    load_adapter_into(task, path, manifest)
-    return task
-
-
 def load_adapter_into(task: BaseTask, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
     """Load an adapter checkpoint into an existing task; a clear error if it was made for another model."""
     from safetensors.torch import load_file
@@ -116,7 +97,7 @@ def load_adapter_into(task: BaseTask, path: str | os.PathLike, manifest: dict[st
     if made_for["backbone"] != task.backbone.name:
         raise AdapterCheckpointError(
             f"{path} was trained on backbone {made_for['backbone']!r}; this model's backbone is "
-            f"{task.backbone.name!r}. Load it with vadapt.checkpoint.load_adapter(path) to rebuild its own model."
+            f"{task.backbone.name!r}. Load it with vadapt.loading.load_adapter(path) to rebuild its own model."
         )
     load_checked(task, load_file(str(path)), str(path), made_for, full=manifest["merged"])
 
@@ -155,29 +136,3 @@ def _data_sized(task: BaseTask, key: str) -> bool:
     except AttributeError:
         return False
     return name in getattr(module, "data_sized_buffers", ())
-
-
-def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
-    """Rebuild a task from a Lightning ``.ckpt`` written by a vadapt task (read with ``weights_only=True``)."""
-    from vadapt.config import build_task
-
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AdapterCheckpointError(f"cannot read {path} as a weights-only Lightning checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "vadapt_task" not in ckpt:
-        raise AdapterCheckpointError(f"{path} is not a Lightning checkpoint written by a vadapt task")
-    init_args = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    if weights is not None:
-        init_args["weights"] = weights
-    task = build_task(ckpt["vadapt_task"], init_args)
-    made_for = {"backbone": init_args.get("backbone"), "adapter": init_args.get("adapter")}
-    load_checked(task, ckpt["state_dict"], str(path), made_for)
-    return task
-
-
-def load_task(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
-    """A task from either kind of file: vadapt ``.safetensors`` or Lightning ``.ckpt``."""
-    if Path(path).suffix == ".safetensors":
-        return load_adapter(path, weights)
-    return load_lightning_checkpoint(path, weights)

@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "params":
         import torch
 
-        from vadapt.config import task_from_config_file
+        from vadapt.loading import task_from_config_file
         from vadapt.params import format_table
 
         try:
@@ -405,7 +405,7 @@ def run_lightning(argv: list[str]) -> None:
     from lightning import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
-    from vadapt.config import enable_adapter_configs
+    from vadapt.adapters import enable_adapter_configs
     from vadapt.data.io import find_data_error
     from vadapt.memory import return_freed_memory_to_os
     from vadapt.tasks.base import BaseTask
@@ -433,6 +433,7 @@ def run_lightning(argv: list[str]) -> None:
 
 def list_entries(what: str, include_tiny: bool = False) -> str:
     if what == "backbones":
+        import vadapt.composites  # noqa: F401  (registers the composite backbones)
         from vadapt.backbones import BACKBONES
 
         rows = [("name", "family", "weights", "description")]

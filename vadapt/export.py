@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from vadapt.adapters import merge_adapter
-from vadapt.checkpoint import load_task, save_adapter
+from vadapt.checkpoint import save_adapter
+from vadapt.loading import load_task
 
 
 def export(

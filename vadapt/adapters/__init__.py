@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ADAPTERS, AdapterConfig, AdapterMethod, find_targets
+from .base import ADAPTERS, AdapterConfig, AdapterMethod, as_adapter_config, enable_adapter_configs, find_targets
 from .bottleneck import BottleneckConfig  # each method's package registers itself in ADAPTERS
 from .cloud_adapter import CloudAdapterConfig
 from .earth_adapter import EarthAdapterConfig
@@ -24,7 +24,7 @@ from .salt import SaltConfig
 from .vpt import VPTConfig
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def _method(config: AdapterConfig) -> AdapterMethod:
@@ -60,5 +60,5 @@ __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
     "I2VAdapterConfig", "IDPTConfig", "LoraConfig", "MVAdapterConfig", "PointPEFTConfig", "QVDoraConfig",
     "ResAdapterConfig", "SaltConfig", "VPTConfig",
-    "apply_adapter", "can_merge", "find_targets", "merge_adapter",
+    "apply_adapter", "as_adapter_config", "can_merge", "enable_adapter_configs", "find_targets", "merge_adapter",
 ]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vadapt.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 @dataclass
@@ -92,3 +92,32 @@ def default_targets(backbone: Backbone, attribute: str, configured: list[str] | 
             f"Backbone {backbone.name!r} has no default {attribute}; set target_modules in the adapter config"
         )
     return list(default)
+
+
+def enable_adapter_configs() -> None:
+    """Let jsonargparse accept any ``AdapterConfig`` subclass (dataclasses are final to it by default)."""
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(subclasses_enabled=[AdapterConfig])
+
+
+def as_adapter_config(value: Any) -> AdapterConfig | None:
+    """An ``AdapterConfig`` from itself, ``None``, or a ``{"class_path", "init_args"}`` dict.
+
+    LightningCLI hands nested dataclass configs to the task as plain dicts in some code paths; this makes
+    the task accept both. The class path is looked up among the registered methods' config classes, never
+    imported: a file cannot choose what vadapt imports.
+    """
+    if value is None or isinstance(value, AdapterConfig):
+        return value
+    if isinstance(value, dict) and "class_path" in value:
+        path = value["class_path"]
+        known = {f"{m.config_class.__module__}.{m.config_class.__qualname__}": m.config_class
+                 for m in map(ADAPTERS.get, ADAPTERS.names())}
+        by_name = {c.__qualname__: c for c in known.values()}
+        cls = known.get(path) or by_name.get(path.rpartition(".")[2])
+        if cls is None:
+            raise ValueError(f"adapter class_path {path!r} is not a registered AdapterConfig subclass; known: "
+                             f"{', '.join(sorted(by_name))}")
+        return cls(**(value.get("init_args") or {}))
+    raise ValueError(f"adapter must be an AdapterConfig or {{class_path, init_args}}, got {value!r}")

@@ -851,7 +851,7 @@ def render_primitive(shape: str, c2w: torch.Tensor | np.ndarray, size: Bucket, c
                      lights: Sequence[Sequence[float]] = ((0.45, -0.6, 0.65, 0.6), (-0.7, 0.6, 0.15, 0.3)),
                      ambient: float = 0.25, steps: int = 64) -> np.ndarray:
     """Orthographic renderings of a flat-coloured, Lambert-shaded primitive (sphere tracing of its SDF): uint8
-    ``(N, h, w, 3)`` for cameras ``c2w`` ``(N, 4, 4)`` (``vadapt.adapters.mv_adapter.camera`` convention: world z
+    ``(N, h, w, 3)`` for cameras ``c2w`` ``(N, 4, 4)`` (``vadapt.geometry.cameras`` convention: world z
     up, camera looks along -z). The views span ``[-half_extent, half_extent]`` vertically; the object turns by
     ``yaw_deg`` about z. ``lights`` are ``(x, y, z, strength)`` directional lights fixed in the world (a key and a
     weaker fill from the other side), so views from different sides differ, even of a sphere or a cylinder."""
@@ -892,7 +892,7 @@ def render_primitive(shape: str, c2w: torch.Tensor | np.ndarray, size: Bucket, c
 def multiview_cameras(num_views: int = 6) -> torch.Tensor:
     """``c2w`` ``(N, 4, 4)``: MV-Adapter's official six views for ``num_views == 6``, else ``num_views`` views at
     elevation 0 and evenly spaced azimuths (starting at the official front view)."""
-    from vadapt.adapters.mv_adapter.camera import official_six_view_cameras, orbit_cameras
+    from vadapt.geometry.cameras import official_six_view_cameras, orbit_cameras
 
     if num_views == 6:
         return official_six_view_cameras()
@@ -944,7 +944,7 @@ class ShapesMultiviewDataModule(_ShapesBase):
         if num_views < 1:
             raise DataError(f"num_views must be at least 1, got {num_views}")
         self.c2w = multiview_cameras(num_views)
-        from vadapt.adapters.mv_adapter.camera import ortho_camera_maps
+        from vadapt.geometry.cameras import ortho_camera_maps
 
         self.camera_maps = ortho_camera_maps(self.c2w, *self.resolution)
 

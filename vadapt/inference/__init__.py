@@ -1,6 +1,7 @@
 """Inference over images of any size and folders of them: tiling, blending, robust resumable batch jobs."""
 
+from vadapt.tiling import RowBlender, sliding_window, tile_grid
+
 from .engine import InferReport, infer
-from .tiling import RowBlender, sliding_window, tile_grid
 
 __all__ = ["InferReport", "RowBlender", "infer", "sliding_window", "tile_grid"]

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vadapt.data.io import BandReader, DataError, FileInfo
+from vadapt.tiling import Blend, RowBlender, tile_grid
 from vadapt.visualize import PALETTE, overlay, rgb_composite
 
 from .files import (
@@ -45,7 +46,6 @@ from .files import (
     temporary,
 )
 from .fuse import fold_batch_norms
-from .tiling import Blend, RowBlender, tile_grid
 
 os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) would dwarf our own buffers
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -493,7 +493,7 @@ def infer(
     """
     from tqdm.auto import tqdm
 
-    from vadapt.checkpoint import load_task
+    from vadapt.loading import load_task
 
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")

@@ -31,11 +31,11 @@ def load_generation_task(config: str | None = None, checkpoint: str | None = Non
     from vadapt.tasks.generation import DiffusionAdapterTask
 
     if checkpoint:
-        from vadapt.checkpoint import load_task
+        from vadapt.loading import load_task
 
         task = load_task(checkpoint, weights=weights)
     elif config:
-        from vadapt.config import task_from_config_file
+        from vadapt.loading import task_from_config_file
 
         task = task_from_config_file(config, **({"weights": weights} if weights else {}))
     else:

@@ -252,7 +252,7 @@ def predict_points(
         overwrite: redo inputs already done.
         seed: of the point sampling (the same seed gives the same outputs).
     """
-    from vadapt.checkpoint import load_task
+    from vadapt.loading import load_task
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -12,9 +12,9 @@ from .layer import (
     VirtualProjectionPE,
     euler_to_matrix,
 )
-from .model import Any2PointBackbone, create_any2point
+from .model import Any2PointBackbone
 
 __all__ = [
     "LGA", "SIX_VIEWS", "Any2PointBackbone", "Any2PointConfig", "Linear2Layer", "PointPNTokenizer", "PosEGeo",
-    "SequenceProjectionPE", "VirtualProjectionPE", "create_any2point", "euler_to_matrix",
+    "SequenceProjectionPE", "VirtualProjectionPE", "euler_to_matrix",
 ]

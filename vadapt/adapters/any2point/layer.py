@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadapt.backbones.point_mae import farthest_point_sample, gather_points, knn_indices
+from vadapt.geometry.points import farthest_point_sample, gather_points, knn_indices
 
 # ---- 3D -> 2D virtual projection ---------------------------------------------------------------------------
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vadapt.backbones.base import BlockStack
 from vadapt.bands import RGB
+from vadapt.contracts import BlockStack
 
 from .config import Any2PointConfig
 from .layer import (
@@ -255,15 +255,3 @@ class Any2PointBackbone(BlockStack):
             "num_tokens": self.config.num_tokens,
             "num_blocks": len(self.blocks),
         }
-
-
-def create_any2point(
-    vit: str = "vit_base_patch14_dinov2", weights: str | None = None, **config: Any
-) -> Any2PointBackbone:
-    """Build a registered timm ViT (``vit``, ``weights`` as :func:`~vadapt.backbones.create_backbone`) and wrap
-    it: ``create_any2point("dinov2_test", num_points=128, tokenizer_dim=6, k_neighbors=8)``."""
-    from vadapt.backbones import create_backbone
-
-    backbone = Any2PointBackbone(create_backbone(vit, weights=weights), Any2PointConfig(**config))
-    backbone.name = f"any2point_{vit}"
-    return backbone

@@ -11,7 +11,7 @@ from .config import BottleneckConfig
 from .layer import BottleneckAdapted
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def inject_bottleneck(backbone: Backbone, config: BottleneckConfig) -> None:

@@ -10,7 +10,7 @@ from .config import CloudAdapterConfig
 from .layer import CloudAdaptedBlock, ContextCrossAttention, SpatialPerception
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 #: attribute of the backbone that holds the spatial perception ConvNet (saved with the adapter parameters)
 CONTEXT_ATTR = "cloud_adapter"

@@ -10,7 +10,7 @@ from .config import EarthAdapterConfig
 from .layer import EarthAdaptedBlock, EarthAdapter, TokenGrid
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def _resolve(indices: list[int] | None, depth: int, field: str, name: str) -> list[int]:

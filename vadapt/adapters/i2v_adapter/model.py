@@ -24,7 +24,7 @@ from .config import I2VAdapterConfig
 from .layer import FrameState, add_first_frame_branch
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 #: parameter names each adapted attention adds (official names)
 ADAPTER_PARAMS = ("to_q_ff.weight", "to_out_ff.weight", "to_out_ff.bias")

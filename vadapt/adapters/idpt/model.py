@@ -10,7 +10,7 @@ from .config import IDPTConfig
 from .layer import DGCNNPrompt, IDPTBlock, LastPositions
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def _token_width(backbone: nn.Module, block: nn.Module) -> int:

@@ -14,7 +14,7 @@ from vadapt.adapters.base import default_targets, find_targets
 from .config import LoraConfig
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def inject_lora(backbone: Backbone, config: LoraConfig) -> None:

@@ -1,8 +1,7 @@
 """MV-Adapter: multi-view consistent generation on a frozen diffusers UNet (Huang et al., 2024, arXiv:2412.03632)."""
 
 from vadapt.adapters.base import ADAPTERS, AdapterMethod
-
-from .camera import (
+from vadapt.geometry.cameras import (
     official_six_view_cameras,
     orbit_cameras,
     ortho_camera_maps,
@@ -10,6 +9,7 @@ from .camera import (
     ray_maps,
     to_unit_range,
 )
+
 from .config import MVAdapterConfig
 from .layer import MVAdapterState, MVAttnProcessor, row_mv_attention
 from .model import (

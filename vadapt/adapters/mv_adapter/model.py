@@ -27,7 +27,7 @@ from .config import MVAdapterConfig
 from .layer import MVAdapterState, MVAttnProcessor
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 CONDITION_ATTR = "mv_condition_encoder"
 _STATE_ATTR = "_mv_adapter_state"

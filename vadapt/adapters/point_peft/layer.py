@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vadapt.adapters.layers import AdapterLayer
-from vadapt.backbones.point_mae import farthest_point_sample, gather_points, knn_indices
+from vadapt.geometry.points import farthest_point_sample, gather_points, knn_indices
 
 if TYPE_CHECKING:
     from .config import PointPEFTConfig

@@ -13,7 +13,7 @@ from .config import PointPEFTConfig
 from .layer import FFNAdapter, PointPEFTBlock, PointPEFTShared
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 #: attribute of the backbone that holds the shared state (group attention, point-prior bank)
 SHARED_ATTR = "point_peft"

@@ -10,7 +10,7 @@ from .config import QVDoraConfig
 from .layer import QVDoraLinear
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def inject_qv_dora(backbone: Backbone, config: QVDoraConfig) -> None:

@@ -10,7 +10,7 @@ from .config import SaltConfig
 from .layer import SaltLinear
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def inject_salt(backbone: Backbone, config: SaltConfig) -> None:

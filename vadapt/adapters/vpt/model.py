@@ -10,7 +10,7 @@ from .config import VPTConfig
 from .layer import PromptedBlock
 
 if TYPE_CHECKING:
-    from vadapt.backbones import Backbone
+    from vadapt.contracts import Backbone
 
 
 def inject_vpt(backbone: Backbone, config: VPTConfig) -> None:

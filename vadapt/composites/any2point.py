@@ -1,9 +1,11 @@
 """Any2Point backbones: a frozen 2D ViT (DINOv2 through timm) or 1D text transformer (CLIP's, through open_clip)
 run on point clouds (Tang et al., ECCV 2024, arXiv:2404.07989).
 
-The model (tokenizer, virtual-projection position encoding, guided adapters: ``vadapt.adapters.any2point``)
-wraps the pretrained model; that model keeps its upstream weights file and stays frozen, the Any2Point parts
-train. Use it as any point backbone, e.g. ``PointClassificationTask(backbone="any2point_dinov2_b",
+A composite: the model (tokenizer, virtual-projection position encoding, guided adapters:
+``vadapt.adapters.any2point``) wraps a registered backbone (``vadapt.backbones``), so it is built one layer above
+both and registers its entries in the backbone registry when this module is imported (``vadapt.tasks`` does).
+The wrapped model keeps its upstream weights file and stays frozen, the Any2Point parts train. Use it as any
+point backbone, e.g. ``PointClassificationTask(backbone="any2point_dinov2_b",
 weights="pretrained", num_classes=40)``; its options (``Any2PointConfig`` fields) are the entry's defaults.
 """
 
@@ -11,32 +13,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
+from vadapt.adapters.any2point import Any2PointBackbone, Any2PointConfig
+from vadapt.backbones import create_backbone, register_backbone
+from vadapt.backbones.clip import HF_WEIGHTS, OpenClipTextTower
+from vadapt.backbones.vit import _DINOV2_URL
 from vadapt.weights import WeightsSource
 
-from .base import register_backbone
-from .clip import HF_WEIGHTS
-from .vit import _DINOV2_URL
+
+def create_any2point(
+    vit: str = "vit_base_patch14_dinov2", weights: str | None = None, **config: Any
+) -> Any2PointBackbone:
+    """Build a registered timm ViT (``vit``, ``weights`` as :func:`~vadapt.backbones.create_backbone`) and wrap
+    it: ``create_any2point("dinov2_test", num_points=128, tokenizer_dim=6, k_neighbors=8)``."""
+    backbone = Any2PointBackbone(create_backbone(vit, weights=weights), Any2PointConfig(**config))
+    backbone.name = f"any2point_{vit}"
+    return backbone
 
 
-def _build(vit: str, **config: Any) -> nn.Module:
+def _build(vit: str, **config: Any) -> Any2PointBackbone:
     """The Any2Point model around a randomly initialised registered ``vit``; ``create_backbone`` then loads the
     ViT's upstream weights file into it (``Any2PointBackbone.load_pretrained``)."""
-    from vadapt.adapters.any2point import create_any2point  # its layers; imported when a model is built
-
     return create_any2point(vit, weights=None, **config)
 
 
 def _build_clip_text(
     arch: str, quick_gelu: bool = False, text_cfg: dict[str, Any] | None = None, **config: Any
-) -> nn.Module:
+) -> Any2PointBackbone:
     """The Any2Point model around a randomly initialised open_clip text transformer (``arch``'s ``text_cfg``
     with ``text_cfg`` overrides); ``create_backbone`` then loads a full CLIP file's text tower into it."""
-    from vadapt.adapters.any2point import Any2PointBackbone, Any2PointConfig
-
-    from .clip import OpenClipTextTower
-
     return Any2PointBackbone(OpenClipTextTower(arch, quick_gelu, **(text_cfg or {})), Any2PointConfig(**config))
 
 
