@@ -29,20 +29,25 @@ class CheckpointInfo:
 
 
 def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
-    """Which tabs a checkpoint belongs to: change detection, promptable SAM (``prompt``; also ``segment`` when it
-    segments without prompts), point clouds (``points``, the 3D tab), diffusion adapters (``generate``), or
-    semantic segmentation."""
-    task = manifest["task"].rsplit(".", 1)[-1]
-    if task == "DiffusionAdapterTask":
+    """Which tabs a checkpoint belongs to, from what its task declares it can do
+    (:class:`~vadapt.contracts.TaskCapabilities`): image pairs -> ``change``; point clouds with a label per cloud or
+    per point -> ``points`` (the 3D tab); generation -> ``generate``; images with prompts -> ``prompt``, and
+    per-pixel classes without (required) prompts on tiles -> ``segment``. Empty: nothing the app runs."""
+    from vadapt.loading import capabilities_of
+
+    caps = capabilities_of(manifest)
+    if caps.output == "generated":
         return frozenset({"generate"})
-    if task == "ChangeDetectionTask":
+    if caps.input == "point_cloud":
+        return frozenset({"points"} if caps.output in ("class_label", "point_labels") else set())
+    if caps.input == "image_pair" and caps.output == "class_map":
         return frozenset({"change"})
-    if task == "PromptableSegmentationTask":  # prompt-free (MapSAM "automatic", SALT "learned") also segments
-        automatic = manifest["init_args"].get("prompting", "sampled") != "sampled"
-        return frozenset({"prompt", "segment"} if automatic else {"prompt"})
-    if task in ("PointClassificationTask", "PartSegmentationTask"):
-        return frozenset({"points"})
-    return frozenset({"segment"})
+    kinds = set()
+    if caps.input == "image" and caps.prompts != "none":
+        kinds.add("prompt")
+    if caps.input == "image" and caps.output == "class_map" and caps.tiles and caps.prompts != "required":
+        kinds.add("segment")
+    return frozenset(kinds)
 
 
 def describe(path: Path, root: Path, manifest: dict[str, Any]) -> CheckpointInfo:
@@ -54,6 +59,8 @@ def describe(path: Path, root: Path, manifest: dict[str, Any]) -> CheckpointInfo
     except ValueError:
         shown = Path(path.name)
     kinds = kinds_of(manifest)
+    if not kinds:
+        raise ValueError(f"{path}: its task ({task}) offers nothing the app runs (e.g. pretraining)")
     names = tuple(manifest.get("class_names") or ())
     num_classes = int(manifest["init_args"].get("num_classes") or (len(names) if names else 2))
     if "prompt" in kinds:

@@ -1,7 +1,7 @@
 """The Generate tab: sampling from diffusion adapter checkpoints (``DiffusionAdapterTask``), without Gradio
 except in :func:`build_tab`, which imports it when the page is built.
 
-* The picker lists the checkpoints whose manifest names ``DiffusionAdapterTask`` (the ``generate`` kind of
+* The picker lists the checkpoints whose task generates (the ``generate`` kind of
   :func:`vadapt.app.checkpoints.kinds_of`); the task's ``kind`` decides the inputs and the output: an image
   (``image``), an animated GIF of ``F`` frames (``video``; with an I2V-Adapter a first frame is required), or a
   row of ``N`` views (``multiview``; an image-to-multiview MV-Adapter needs a reference image).
@@ -33,7 +33,6 @@ import numpy as np
 from .checkpoints import CheckpointInfo
 from .limits import AppError, Limits
 
-TASK = "DiffusionAdapterTask"
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp"]
 MAX_SIDE = 2048
 MAX_STEPS = 200
@@ -116,7 +115,7 @@ class GenerateResult:
 # ---- checkpoints -----------------------------------------------------------------------------------------
 def is_generation_checkpoint(info: CheckpointInfo) -> bool:
     """Whether a checkpoint is a diffusion adapter (the Generate tab's)."""
-    return info.task == TASK
+    return "generate" in info.kinds
 
 
 def choices(checkpoints: dict[str, CheckpointInfo]) -> list[str]:

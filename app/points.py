@@ -36,9 +36,7 @@ class PointResult:
 
 def is_point_checkpoint(info: CheckpointInfo) -> bool:
     """Whether a checkpoint is a point classification or part segmentation model (the 3D tab's)."""
-    from vadapt.inference.points import POINT_TASKS
-
-    return info.task in POINT_TASKS
+    return "points" in info.kinds
 
 
 def check_upload(path: str | Path, limits: Limits) -> Path:

@@ -13,7 +13,7 @@ NODATA = 255  # mask value where the input has no data (as `vadapt infer`)
 def tile_size(task: torch.nn.Module, default: int = 512) -> int:
     """Tile side for sliding-window prediction: at most the encoder's input size where it has a fixed one."""
     img_size = getattr(getattr(task, "backbone", None), "img_size", None)
-    if getattr(task, "needs_prompts", None) is not None and img_size:  # SAM: inputs are padded to img_size
+    if task.capabilities.prompts != "none" and img_size:  # SAM: inputs are padded to img_size
         return min(int(img_size), default)
     return default
 

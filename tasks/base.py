@@ -9,9 +9,9 @@ Lightning checkpoints, and writes an adapter checkpoint (:mod:`vadapt.checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -21,6 +21,7 @@ from vadapt.adapters import AdapterConfig, apply_adapter, as_adapter_config
 from vadapt.backbones import Backbone, create_backbone
 from vadapt.bands import RGB
 from vadapt.config import to_plain
+from vadapt.contracts import TaskCapabilities
 from vadapt.params import count_parameters
 
 
@@ -30,6 +31,9 @@ class BaseTask(L.LightningModule):
     backbone: Backbone
     #: submodules built from upstream weights: adapter checkpoints keep only what trains in them
     pretrained_modules: tuple[str, ...] = ("backbone",)
+    #: what the task offers the app and the CLI (see :class:`~vadapt.contracts.TaskCapabilities`); every task
+    #: declares it, or overrides :meth:`capabilities_for` where it depends on the init args
+    CAPABILITIES: ClassVar[TaskCapabilities]
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,6 +46,24 @@ class BaseTask(L.LightningModule):
         self.configure_head()
         self.configure_losses()
         self.configure_metrics()
+
+    # ---- what the task offers ------------------------------------------------------------------------------
+    @classmethod
+    def capabilities_for(cls, init_args: Mapping[str, Any]) -> TaskCapabilities:
+        """What a task of this class built from ``init_args`` offers (also read for checkpoints whose manifest
+        predates stored capabilities)."""
+        return cls.CAPABILITIES
+
+    @property
+    def capabilities(self) -> TaskCapabilities:
+        """What this task offers; stored in its adapter checkpoints' manifests."""
+        return self.capabilities_for(self.hparams)
+
+    def class_logits(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits ``(B, K, H, W)`` of ``capabilities.num_inputs`` raw-valued images ``(B, C, H,
+        W)``: what ``vadapt infer`` and the app blend over tiles. The task's forward, unless it returns another
+        form (prompt-free SAM returns mask logits and IoU predictions)."""
+        return self(*inputs)
 
     # ---- models ------------------------------------------------------------------------------------------
     def configure_backbone(self) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from vadapt.adapters import AdapterConfig
 from vadapt.bands import RGB, BandInit
+from vadapt.contracts import TaskCapabilities
 from vadapt.tiling import sliding_window
 
 from .base import BaseTask
@@ -71,7 +72,7 @@ class ChangeDetectionTask(BaseTask):
     ViT-L + LoRA r=8: 2,721,030 (LoRA 786,432 = official; decoder 1,934,598) vs 2,862,470.
     """
 
-    num_inputs = 2  # the batch-inference engine calls task(image_a, image_b)
+    CAPABILITIES = TaskCapabilities("image_pair", "class_map", tiles=True)  # class_logits(image_a, image_b)
 
     def __init__(
         self,

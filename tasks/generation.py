@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from vadapt.adapters import AdapterConfig
+from vadapt.contracts import TaskCapabilities
 
 from .base import BaseTask
 
@@ -47,6 +48,8 @@ Kind = Literal["image", "video", "multiview"]
 
 class DiffusionAdapterTask(BaseTask):
     """Train an adapter on a frozen diffusion base and sample with it (module docstring)."""
+
+    CAPABILITIES = TaskCapabilities("text", "generated")
 
     def __init__(
         self,

@@ -41,6 +41,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from vadapt.adapters import AdapterConfig
+from vadapt.contracts import TaskCapabilities
 
 from .base import BaseTask
 
@@ -264,6 +265,8 @@ class PartSegmentationTask(BaseTask):
     ``parts`` (long ``(B, N)`` global part ids) and ``category`` (long ``(B,)``; ``label`` when absent), as
     ``ShapeNetPartDataModule`` and ``PointFolderDataModule(parts=True)`` yield them.
     """
+
+    CAPABILITIES = TaskCapabilities("point_cloud", "point_labels")
 
     def __init__(
         self,

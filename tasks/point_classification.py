@@ -30,6 +30,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from vadapt.adapters import AdapterConfig
+from vadapt.contracts import TaskCapabilities
 
 from .base import BaseTask
 
@@ -74,6 +75,8 @@ class PointClassificationTask(BaseTask):
     Batches are dicts with ``points`` (float ``(B, N, 3)``, unit-sphere normalised by the datamodule) and
     ``label`` (long ``(B,)``), as the datamodules of :mod:`vadapt.data.points` yield them.
     """
+
+    CAPABILITIES = TaskCapabilities("point_cloud", "class_label")
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from vadapt.backbones.point_mae import Block, gather_points
+from vadapt.contracts import TaskCapabilities
 
 from .base import BaseTask
 
@@ -133,6 +134,8 @@ class PointMAEPretrainTask(BaseTask):
     ``val/loss`` (Chamfer-L2 of the masked groups; validation masks are seeded by the batch index, so the
     validation loss of different epochs compares like with like).
     """
+
+    CAPABILITIES = TaskCapabilities("point_cloud", "none")  # pretraining: nothing to run
 
     def __init__(
         self,

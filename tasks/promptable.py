@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +68,7 @@ from torch import Tensor, nn
 
 from vadapt.adapters import AdapterConfig
 from vadapt.bands import RGB, BandInit
+from vadapt.contracts import TaskCapabilities
 from vadapt.data.prompts import PromptSampler
 
 from .base import BaseTask
@@ -213,10 +215,13 @@ class PromptableSegmentationTask(BaseTask):
 
     pretrained_modules = ("backbone", "prompt_encoder", "mask_decoder")
 
-    @property
-    def needs_prompts(self) -> bool:
-        """vadapt infer (prompt-free folder jobs) refuses tasks that need prompts with a clear message."""
-        return self.hparams.get("prompting", "sampled") == "sampled"
+    @classmethod
+    def capabilities_for(cls, init_args: Mapping[str, Any]) -> TaskCapabilities:
+        """Prompted per image (``prompting="sampled"``), or prompt-free (automatic / learned) so that it also
+        segments whole images tile by tile (``vadapt infer``, the app's Segment tab)."""
+        if init_args.get("prompting", "sampled") == "sampled":
+            return TaskCapabilities("image", "class_map", prompts="required")
+        return TaskCapabilities("image", "class_map", tiles=True, prompts="optional")
 
     def __init__(
         self,

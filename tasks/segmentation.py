@@ -14,6 +14,7 @@ from torch import nn
 
 from vadapt.adapters import AdapterConfig
 from vadapt.bands import RGB, BandInit
+from vadapt.contracts import TaskCapabilities
 
 from .base import BaseTask
 from .heads import FPNHead, LinearHead, UPerNetHead
@@ -27,6 +28,8 @@ class SemanticSegmentationTask(BaseTask):
     where unknown). Inputs are normalised inside the model with ``mean`` / ``std``, so training, ``vadapt
     predict`` and the app all preprocess identically.
     """
+
+    CAPABILITIES = TaskCapabilities("image", "class_map", tiles=True)
 
     def __init__(
         self,

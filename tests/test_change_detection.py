@@ -103,7 +103,7 @@ def test_logits_at_input_size_for_any_backbone(backbone, decoder, levels):
         # the exchange makes the two branches mirror images: swapping the dates swaps them, the mean stays
         assert torch.allclose(logits, task(b, a), atol=1e-5)
     assert task.hparams["class_names"] == ("unchanged", "changed") and task.hparams["num_classes"] == 2
-    assert ChangeDetectionTask.num_inputs == 2
+    assert ChangeDetectionTask.CAPABILITIES.num_inputs == 2
 
 
 def test_exchange_is_where_the_dates_meet():

@@ -156,7 +156,7 @@ def test_learned_prompt_with_salt_trains_salt_the_token_and_the_decoder_and_lear
     decoder = {n for n in trainable if n.startswith("mask_decoder.")}
     assert decoder and all("norm" in n for n in decoder)  # SALT's rule: the decoder's LayerNorms train
     assert {n.split(".")[0] for n in trainable} == {"backbone", "mask_decoder", "prompt_tokens"}
-    assert not norms.needs_prompts
+    assert norms.capabilities.prompts == "optional"
     # learning is checked with a trainable decoder: the tiny decoder's random frozen weights barely respond
     task = PromptableSegmentationTask(backbone="sam_test", adapter=SaltConfig(r=4, lora_r=4), prompting="learned",
                                       mask_decoder="train", **STATS)

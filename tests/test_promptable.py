@@ -224,7 +224,7 @@ def test_masked_mean_embedding():
 
 def test_automatic_forward_without_prompts():
     task = make_task(prompting="automatic").eval()
-    assert not task.needs_prompts and make_task().needs_prompts
+    assert task.capabilities.prompts == "optional" and make_task().capabilities.prompts == "required"
     with torch.no_grad():
         logits, iou = task(torch.rand(2, 3, 48, 56))
         _, _, coarse, coords, labels = task.segment_automatic(torch.rand(2, 3, 48, 56))
@@ -267,7 +267,7 @@ def test_automatic_adapter_checkpoint_keeps_the_coarse_head(tmp_path):
             if p.requires_grad:
                 p.normal_(0, 0.2)
     loaded = load_task(save_adapter(task, tmp_path / "adapter.safetensors")).eval()
-    assert not loaded.needs_prompts
+    assert loaded.capabilities.prompts == "optional"
     torch.testing.assert_close(loaded.coarse_head.state_dict(), task.coarse_head.state_dict())
     image = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():

@@ -40,6 +40,7 @@ def manifest_for(task: BaseTask, merged: bool = False) -> dict[str, Any]:
         "format": FORMAT,
         "vadapt_version": __version__,
         "task": f"{type(task).__module__}.{type(task).__qualname__}",
+        "capabilities": task.capabilities.to_dict(),
         "init_args": hp,
         "merged": merged,
         "backbone": task.backbone.describe(),

@@ -1,4 +1,5 @@
-"""Contracts every layer above builds on: what a frozen backbone offers to adapters and tasks.
+"""Contracts every layer above builds on: what a frozen backbone offers to adapters and tasks
+(:class:`Backbone`, :class:`BlockStack`), and what a task offers to the faces (:class:`TaskCapabilities`).
 
 A :class:`Backbone` maps ``(B, len(bands), H, W)`` to a list of feature maps ``(B, C_i, ceil(H/s_i),
 ceil(W/s_i))`` with ``C_i = out_channels[i]`` and ``s_i = strides[i]``. Inputs of any size are padded
@@ -12,9 +13,11 @@ freezing); point-cloud and composite backbones share it without being image back
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -184,3 +187,49 @@ def _parent_and_attr(root: nn.Module, path: str) -> tuple[nn.Module, str]:
     for name in parents:
         module = getattr(module, name)
     return module, attr
+
+
+# ---- what a task offers ------------------------------------------------------------------------------------
+
+TaskInput = Literal["image", "image_pair", "point_cloud", "text"]
+TaskOutput = Literal["class_map", "class_label", "point_labels", "generated", "none"]
+PromptUse = Literal["none", "optional", "required"]
+
+
+@dataclass(frozen=True)
+class TaskCapabilities:
+    """What a task can do, declared by the task and read by the faces and services (the app's tabs, ``vadapt
+    infer``, ``vadapt predict-points``, ``vadapt generate``) instead of its class name.
+
+    Attributes:
+        input: what one prediction takes: an image ``(B, C, H, W)``, a pair of co-registered images (two such
+            tensors), a point cloud ``(B, N, 3)``, or a text prompt (generation).
+        output: per-pixel class logits ``(B, K, H, W)`` (``class_map``; called as ``task.class_logits(*inputs)``),
+            one label per input (``class_label``), one label per point (``point_labels``), new images or frames
+            (``generated``), or nothing a user runs (``none``: pretraining).
+        tiles: whether ``class_map`` predictions can be made tile by tile on images of any size.
+        prompts: whether a prediction takes point / box prompts: never, optionally, or always.
+    """
+
+    input: TaskInput
+    output: TaskOutput
+    tiles: bool = False
+    prompts: PromptUse = "none"
+
+    @property
+    def num_inputs(self) -> int:
+        """Image tensors per prediction (2 for ``image_pair``)."""
+        return 2 if self.input == "image_pair" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form stored in adapter-checkpoint manifests."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TaskCapabilities:
+        """Read a manifest's ``capabilities``; unknown or missing fields are an error that names them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown task capabilities {unknown}; known: {sorted(known)}")
+        return cls(**values)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vadapt.checkpoint import AdapterCheckpointError, load_adapter_into, load_checked, read_manifest
+from vadapt.contracts import TaskCapabilities
 
 if TYPE_CHECKING:
     from vadapt.tasks.base import BaseTask
@@ -89,3 +90,27 @@ def load_task(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
     if Path(path).suffix == ".safetensors":
         return load_adapter(path, weights)
     return load_lightning_checkpoint(path, weights)
+
+
+def known_task_classes() -> dict[str, type[BaseTask]]:
+    """The task classes vadapt ships, by both their full and their short (``vadapt.tasks.X``) class paths."""
+    import vadapt.tasks
+
+    classes = {}
+    for short in vadapt.tasks.TASKS:
+        cls = getattr(vadapt.tasks, short.rpartition(".")[2])
+        classes[short] = classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return classes
+
+
+def capabilities_of(manifest: dict[str, Any]) -> TaskCapabilities:
+    """What the task stored in an adapter checkpoint offers, without building it: the manifest's
+    ``capabilities``, or for files written before they were stored, the declaration of the task class it names
+    (looked up among vadapt's own tasks, never imported by name)."""
+    if "capabilities" in manifest:
+        return TaskCapabilities.from_dict(manifest["capabilities"])
+    cls = known_task_classes().get(manifest.get("task", ""))
+    if cls is None:
+        raise AdapterCheckpointError(f"the checkpoint's task {manifest.get('task')!r} is not one of vadapt's tasks "
+                                     "and the file does not say what it can do")
+    return cls.capabilities_for(manifest.get("init_args") or {})

@@ -275,9 +275,14 @@ class Predictor:
                  fold_norms: bool = True) -> None:
         from vadapt.adapters import can_merge, merge_adapter
 
-        if getattr(task, "needs_prompts", False):
+        caps = task.capabilities
+        if caps.prompts == "required":
             raise ValueError(f"{type(task).__name__} checkpoints need point / box prompts per image; vadapt infer "
                              "runs segmentation and change-detection checkpoints (use the app or Python for prompts)")
+        if caps.output != "class_map" or not caps.tiles:
+            raise ValueError(f"the checkpoint holds a {type(task).__name__} ({caps.input} -> {caps.output}); vadapt "
+                             "infer runs checkpoints that map images to classes (segmentation, change detection); "
+                             "use vadapt predict-points for point clouds and vadapt generate for diffusion adapters")
         self.merged, self.folded = False, 0
         if merge and task.adapter_config is not None and can_merge(task.adapter_config):
             merge_adapter(task.backbone, task.adapter_config)
@@ -285,7 +290,7 @@ class Predictor:
         task.eval()
         if fold_norms and any(isinstance(m, torch.nn.BatchNorm2d) for m in task.modules()):
             example = [task.input_mean + task.input_std * torch.randn(1, len(task.input_mean.flatten()), 64, 64)
-                       for _ in range(getattr(task, "num_inputs", 1))]
+                       for _ in range(caps.num_inputs)]
             self.folded = fold_batch_norms(task, *example)
         # channels-last convolutions are ~10-15% faster on CPU (oneDNN) and on tensor-core GPUs; same results
         self.task = task.to(device, memory_format=torch.channels_last)
@@ -295,12 +300,10 @@ class Predictor:
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("precision fp16 needs a GPU; use bf16 on a CPU")
         self.dtype = PRECISIONS[precision]
-        self.inputs = getattr(task, "num_inputs", 1)
+        self.inputs = caps.num_inputs
         self.bands = list(task.backbone.bands)
         self.num_classes = int(task.hparams.get("num_classes", 2))
-        # (N, K, h, w) class logits: the task's forward, or its class_logits where forward returns another form
-        # (automatic promptable SAM returns mask logits and IoU predictions)
-        self.class_logits = getattr(task, "class_logits", task)
+        self.class_logits = task.class_logits  # (N, K, h, w) class logits of the task's inputs
 
     @torch.inference_mode()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:

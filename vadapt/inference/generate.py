@@ -27,9 +27,8 @@ class GenerateReport:
 
 
 def load_generation_task(config: str | None = None, checkpoint: str | None = None, weights: str | None = None):
-    """The ``DiffusionAdapterTask`` of an adapter checkpoint (``checkpoint``) or of a config's ``model`` section."""
-    from vadapt.tasks.generation import DiffusionAdapterTask
-
+    """The generating task (``DiffusionAdapterTask``) of an adapter checkpoint (``checkpoint``) or of a config's
+    ``model`` section."""
     if checkpoint:
         from vadapt.loading import load_task
 
@@ -40,8 +39,9 @@ def load_generation_task(config: str | None = None, checkpoint: str | None = Non
         task = task_from_config_file(config, **({"weights": weights} if weights else {}))
     else:
         raise ValueError("give --config (a generation YAML) or --checkpoint (an adapter .safetensors)")
-    if not isinstance(task, DiffusionAdapterTask):
-        raise ValueError(f"{checkpoint or config} holds a {type(task).__name__}, not a DiffusionAdapterTask")
+    if task.capabilities.output != "generated":
+        raise ValueError(f"{checkpoint or config} holds a {type(task).__name__}, which does not generate images "
+                         "(vadapt generate runs diffusion adapter checkpoints)")
     return task.eval()
 
 

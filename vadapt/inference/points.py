@@ -39,8 +39,6 @@ from vadapt.visualize import PALETTE
 
 from .files import list_inputs, temporary
 
-#: task class names (the last part of a manifest's ``task``) this module runs
-POINT_TASKS = ("PointClassificationTask", "PartSegmentationTask")
 CSV_NAME = "predictions.csv"
 FAILED_NAME = "failed.csv"
 PART_FORMATS = ("ply", "csv")
@@ -85,13 +83,16 @@ class Cloud:
 
 
 def task_kind(task: Any) -> Kind:
-    """``classification`` or ``parts`` for a loaded point task; ``ValueError`` for any other task."""
-    name = type(task).__name__
-    if name == "PointClassificationTask":
+    """``classification`` (a label per cloud) or ``parts`` (a label per point), from what the loaded task declares
+    it can do; ``ValueError`` for any other task."""
+    caps = task.capabilities
+    if caps.input == "point_cloud" and caps.output == "class_label":
         return "classification"
-    if name == "PartSegmentationTask":
+    if caps.input == "point_cloud" and caps.output == "point_labels":
         return "parts"
-    raise ValueError(f"the checkpoint holds a {name}; predict-points runs {' or '.join(POINT_TASKS)} checkpoints")
+    raise ValueError(f"the checkpoint holds a {type(task).__name__} ({caps.input} -> {caps.output}); predict-points "
+                     "runs checkpoints that label point clouds or their points (point classification, part "
+                     "segmentation)")
 
 
 def class_names(task: Any) -> list[str]:
@@ -344,5 +345,5 @@ def _batches(files: list[Path], num_points: int, batch_size: int, seed: int, nam
         yield batch
 
 
-__all__ = ["POINT_TASKS", "Cloud", "PointReport", "class_names", "classify", "part_colours", "parts_ply",
+__all__ = ["Cloud", "PointReport", "class_names", "classify", "part_colours", "parts_ply",
            "parts_table", "predict_points", "read_cloud", "segment_parts", "task_kind"]
