@@ -54,6 +54,8 @@ def register_backbone(
     description: str = "",
     **kwargs: Any,
 ) -> BackboneEntry:
+    """Add a :class:`BackboneEntry` to ``BACKBONES`` and return it; ``kwargs`` are the builder's architecture keywords
+    (overridable at :func:`create_backbone`). Raises ``ValueError`` for an invalid or already registered name."""
     return BACKBONES.register(name, BackboneEntry(name, family, builder, kwargs, weights, tiny, description))
 
 

@@ -105,9 +105,13 @@ class OpenClipViTBackbone(Backbone):
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """open_clip's ``transformer.resblocks``, on ``(B, 1 + h*w, C)`` tokens, class token first (``(1 + h*w, B, C)``
+        for a sequence-first transformer)."""
         return self.model.transformer.resblocks
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, bands, H, W)`` padded to the patch -> one map ``(B, width, H/p, W/p)`` per ``out_indices`` block: its
+        output through ``ln_post``, class token dropped. Sets ``token_grid``."""
         from timm.layers import resample_abs_pos_embed
 
         m = self.model
@@ -134,6 +138,9 @@ class OpenClipViTBackbone(Backbone):
         return maps
 
     def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A full open_clip CLIP state dict -> ``self.model``'s keys (see the module docstring): ``visual.*`` without
+        the prefix and with fused ``qkv`` names, text tower dropped, ``positional_embedding`` resampled to the
+        ``img_size`` grid."""
         from timm.layers import resample_abs_pos_embed
 
         state_dict = unwrap_state_dict(state_dict)
@@ -197,6 +204,8 @@ class OpenClipTextTower(Backbone):
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """The text transformer's ``resblocks`` (Any2Point calls them on point tokens ``(B, 1 + G, C)``, without the
+        causal mask)."""
         return self.model.transformer.resblocks
 
     def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -210,6 +219,7 @@ class OpenClipTextTower(Backbone):
         }
 
     def set_bands(self, bands: Sequence[str], init: Any = "copy") -> None:
+        """A no-op for RGB (``create_backbone``'s default); other bands raise ``ValueError`` (no image input)."""
         if tuple(bands) != RGB:
             raise ValueError("a CLIP text tower has no image bands to set")
 
@@ -232,6 +242,9 @@ class FusedQKVAttention(nn.Module):
 
     @classmethod
     def from_multihead(cls, mha: nn.MultiheadAttention) -> FusedQKVAttention:
+        """A module computing what ``mha`` computes, its weights copied into ``qkv`` / ``out_proj``. Raises
+        ``ValueError`` unless ``mha`` is plain self-attention with one fused, biased input projection (no ``bias_k``
+        / ``bias_v``)."""
         if not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None:
             raise ValueError("only plain self-attention nn.MultiheadAttention (fused, with bias) is supported")
         new = cls(mha.embed_dim, mha.num_heads, mha.batch_first)
@@ -243,6 +256,14 @@ class FusedQKVAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
                 need_weights: bool = False, attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """``query`` ``(B, N, C)`` (``(N, B, C)`` if not batch-first) -> ``(out, None)`` with ``out`` of the same shape,
+        the tuple ``nn.MultiheadAttention`` returns.
+
+        ``key`` / ``value`` must be ``None`` or ``query`` itself (else ``ValueError``); ``need_weights`` is ignored
+        and no weights are returned. ``attn_mask`` goes to ``scaled_dot_product_attention`` as it is: a float mask is
+        added to the logits as in ``nn.MultiheadAttention``, but a boolean mask there means the opposite (``True`` =
+        may attend).
+        """
         import torch.nn.functional as F
 
         if key is not None and key is not query or value is not None and value is not query:

@@ -450,10 +450,12 @@ class DiffusionBase(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Device of the UNet's parameters (the other components are expected beside it)."""
         return next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the UNet's parameters (float32 unless loaded with ``torch_dtype``)."""
         return next(self.unet.parameters()).dtype
 
     @property
@@ -465,10 +467,12 @@ class DiffusionBase(nn.Module):
 
     @property
     def latent_channels(self) -> int:
+        """Channels the UNet denoises (its ``in_channels``): 4 for the SD latents, 3 for the pixel-space bases."""
         return int(self.unet.config.in_channels)
 
     @property
     def prediction_type(self) -> str:
+        """The UNet's target from the scheduler config: ``"epsilon"`` (noise) or ``"v_prediction"`` (SD2.1)."""
         return str(self.scheduler_config.get("prediction_type", "epsilon"))
 
     def forward(

@@ -112,6 +112,8 @@ class EfficientNetLiteBackbone(Backbone):
         return nn.ModuleList([block for stage in self.model.blocks for block in stage])
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, bands, H, W)`` padded to 32 -> four maps ``(B, out_channels[i], H/s, W/s)`` at strides 4, 8, 16, 32:
+        the outputs of the last block of those stages."""
         m = self.model
         x = m.bn1(m.conv_stem(x))  # BatchNormAct2d: BN + ReLU6
         return self.run_blocks(x, self.out_indices)

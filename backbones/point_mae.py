@@ -90,6 +90,8 @@ class MiniPointNet(nn.Module):
         )
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        """Neighbourhoods ``(B, G, k, 3)`` -> tokens ``(B, G, C)``; each of the two shared-MLP stages is max-pooled over
+        the ``k`` points."""
         bsz, g, k, _ = groups.shape
         x = self.first_conv(groups.reshape(bsz * g, k, 3).transpose(1, 2))  # (BG, h2, k)
         pooled = x.amax(dim=2, keepdim=True)
@@ -105,6 +107,8 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)`` -> same shape; in training each sample's branch is zeroed with probability ``p`` and the kept
+        ones are scaled by ``1 / (1 - p)``."""
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
@@ -112,6 +116,7 @@ class DropPath(nn.Module):
         return x * mask / keep
 
     def extra_repr(self) -> str:
+        """``p=<drop probability>`` for the module's ``repr``."""
         return f"p={self.p}"
 
 
@@ -125,6 +130,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` -> ``(..., C)`` through the ``hidden``-wide layer."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -138,6 +144,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` -> ``(B, N, C)``: unmasked self-attention over all ``N`` tokens."""
         bsz, n, c = x.shape
         q, k, v = self.qkv(x).reshape(bsz, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
@@ -159,6 +166,7 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` block input (position already added) -> ``(B, N, C)``."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -172,6 +180,8 @@ class TransformerEncoder(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, r) for r in rates])
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Tokens and positions, both ``(B, 1 + G, C)`` -> ``(B, 1 + G, C)``; ``pos`` is added to the input of every
+        block (official). The final norm is not applied here."""
         for block in self.blocks:
             x = block(x + pos)
         return x
@@ -302,10 +312,12 @@ class PointBackbone(BlockStack):
 
     @property
     def cls_token(self) -> nn.Parameter:
+        """The learned class token ``(1, 1, C)`` (not in the pretrain file: it keeps its initialisation there)."""
         return self.model.cls_token
 
     @property
     def cls_pos(self) -> nn.Parameter:
+        """The class token's learned position ``(1, 1, C)``, added before every block like the patch positions."""
         return self.model.cls_pos
 
     @property
@@ -315,6 +327,7 @@ class PointBackbone(BlockStack):
 
     @property
     def norm(self) -> nn.LayerNorm:
+        """The final LayerNorm, applied to all ``1 + G`` tokens after the last block."""
         return self.model.norm
 
     @property

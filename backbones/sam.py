@@ -83,9 +83,13 @@ class SamBackbone(Backbone):
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """The ``ImageEncoderViT`` blocks (windowed, or global at ``global_attn_indexes``); each maps a ``(B, h, w, C)``
+        grid to the same shape."""
         return self.model.blocks
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, bands, H, W)`` padded to the patch -> a raw block map ``(B, embed_dim, H/p, W/p)`` per ``out_indices``
+        entry, then the neck output ``(B, out_chans, H/p, W/p)`` last."""
         m = self.model
         x = m.patch_embed(x)  # (B, h, w, C)
         if m.pos_embed is not None:
@@ -98,6 +102,9 @@ class SamBackbone(Backbone):
         return maps
 
     def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official SAM file (or an image-encoder-only state dict) -> ``self.model``'s keys: ``image_encoder.``
+        stripped, prompt encoder and mask decoder dropped, ``pos_embed`` / ``rel_pos_*`` of another size resampled to
+        this ``img_size``. Other keys are kept so that the strict load names them."""
         state_dict = unwrap_state_dict(state_dict)
         if any(k.startswith("image_encoder.") for k in state_dict):
             # a full SAM checkpoint: keep the image encoder, drop the prompt encoder and mask decoder;

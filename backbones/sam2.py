@@ -110,9 +110,13 @@ class Sam2HieraBackbone(Backbone):
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """Hiera's blocks over all stages, in order, on ``(B, h, w, C)`` grids; a stage's first block may pool the grid
+        by ``q_stride`` and widen ``C``."""
         return self.model.trunk.blocks
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, bands, H, W)`` padded to ``pad_multiple`` -> the FPN maps ``(B, d_model, H/s, W/s)`` at ``strides``,
+        high resolution first (the ``scalp`` lowest resolutions dropped)."""
         trunk = self.model.trunk
         x = trunk.patch_embed(x)  # (B, h, w, C)
         x = x + trunk._get_pos_embed(x.shape[1:3])
@@ -147,6 +151,9 @@ class Sam2HieraBackbone(Backbone):
         return out
 
     def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official SAM 2 file -> the image encoder's keys (``image_encoder.`` stripped, memory / prompt / decoder
+        parts dropped, unknown keys kept for the strict load to name); a dict without ``image_encoder.*`` keys is
+        returned as it is."""
         state_dict = unwrap_state_dict(state_dict)
         if not any(k.startswith("image_encoder.") for k in state_dict):
             return state_dict  # already an image-encoder-only state dict

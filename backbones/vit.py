@@ -48,9 +48,13 @@ class TimmViTBackbone(Backbone):
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """timm's transformer blocks, on ``(B, P + h*w, C)`` tokens with ``P = num_prefix_tokens`` (class token,
+        registers) first."""
         return self.model.blocks
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, bands, H, W)`` padded to the patch -> one map ``(B, embed_dim, H/p, W/p)`` per ``out_indices`` block:
+        its output after the final norm, prefix tokens dropped. Sets ``token_grid``."""
         m = self.model
         tokens = m.patch_embed(x)  # (B, h, w, C) with dynamic_img_size
         h, w = self.token_grid = tuple(tokens.shape[1:3])
@@ -63,6 +67,9 @@ class TimmViTBackbone(Backbone):
         return maps
 
     def checkpoint_filter(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official DINOv2 ``.pth`` or timm ``model.safetensors`` state dict -> ``self.model``'s keys through timm's
+        ``checkpoint_filter_fn`` (which also resamples ``pos_embed`` to ``img_size``); the classifier ``head.*`` is
+        dropped."""
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         state_dict = unwrap_state_dict(state_dict)

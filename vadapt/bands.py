@@ -45,6 +45,8 @@ def canonical(band: str) -> str:
 
 
 def check_bands(bands: Sequence[str]) -> tuple[str, ...]:
+    """Canonical names (:func:`canonical`) of ``bands``, in order. Raises ``ValueError`` when empty or when two entries
+    name the same band (``"B04"`` and ``"red"`` too)."""
     names = tuple(canonical(b) for b in bands)
     if not names:
         raise ValueError("bands must name at least one band")

@@ -24,6 +24,8 @@ def count_parameters(model: nn.Module, backbone: nn.Module | None = None) -> dic
 
 
 def format_table(counts: dict[str, int | float]) -> str:
+    """The counts of :func:`count_parameters` as aligned ``name value`` lines (thousands separators;
+    ``trainable_percent`` to 4 decimals)."""
     width = max(len(k) for k in counts)
     lines = []
     for key, value in counts.items():

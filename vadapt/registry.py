@@ -24,6 +24,8 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
+        """Add ``entry`` under ``name`` and return it. Raises ``ValueError`` when ``name`` is not lowercase
+        ``[a-z0-9][a-z0-9_.+-]*`` or is already registered."""
         if not _VALID_NAME.match(name):
             raise ValueError(f"{self.kind} name {name!r} must be lowercase letters, digits, '_', '.', '+', '-'")
         if name in self._entries:
@@ -32,6 +34,7 @@ class Registry(Generic[T]):
         return entry
 
     def get(self, name: str) -> T:
+        """The entry of ``name``; an unknown name raises ``ValueError`` with the closest matches and all valid names."""
         try:
             return self._entries[name]
         except KeyError:
@@ -42,6 +45,7 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        """All registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

@@ -119,6 +119,12 @@ class RowBlender:
         return len(self.windows)
 
     def add(self, window: tuple[int, int, int, int], scores: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """Add the ``(K, h, w)`` scores of ``window`` ``(row, col, h, w)``; yield ``(top, scores (K, n, width))`` for
+        each band of rows that is now final.
+
+        Windows must come in :func:`tile_grid` order. This is a generator: nothing is added until it is iterated
+        (``for top, rows in blender.add(...)``), and the buffers move on only once it is exhausted.
+        """
         y, x, h, w = window
         if self.total is None:
             self.total = torch.zeros(scores.shape[0], self.weight.shape[0], self.width)

@@ -46,6 +46,8 @@ class WeightsMismatchError(RuntimeError):
 
 
 def search_dirs() -> list[Path]:
+    """Folders searched for a weights file, in order: ``$VADAPT_WEIGHTS_DIR`` (when set), ``~/.cache/vadapt/weights``,
+    the working directory."""
     dirs = []
     if os.environ.get("VADAPT_WEIGHTS_DIR"):
         dirs.append(Path(os.environ["VADAPT_WEIGHTS_DIR"]))
@@ -128,6 +130,7 @@ def unwrap_state_dict(obj: dict, keys: tuple[str, ...] = ("model", "state_dict",
 
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:
+    """``state_dict`` with ``prefix`` removed from the keys that start with it; other keys unchanged."""
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 

@@ -42,6 +42,8 @@ def apply_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 
 
 def can_merge(config: AdapterConfig | None) -> bool:
+    """Whether :func:`merge_adapter` can fold ``config``'s method into plain weights (``True`` for ``None``: nothing to
+    fold)."""
     return config is None or _method(config).merge is not None
 
 

@@ -37,6 +37,7 @@ class AdapterConfig:
     method = ""
 
     def to_dict(self) -> dict:
+        """The dataclass fields and their values (``method`` is a class attribute, not a field: not included)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -84,6 +85,8 @@ def find_targets(
 
 
 def default_targets(backbone: Backbone, attribute: str, configured: list[str] | str | None) -> list[str] | str:
+    """``configured`` when it is set, else the backbone's class default named by ``attribute`` (``"lora_targets"`` or
+    ``"adapter_targets"``) as a list. Raises ``ValueError`` when neither names a target."""
     if configured:
         return configured
     default = getattr(backbone, attribute, None)

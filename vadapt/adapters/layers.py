@@ -29,6 +29,7 @@ def first_width(module: nn.Module, layout: str) -> tuple[int, int]:
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Set ``new`` in place of the submodule at the dotted path ``name`` under ``root``."""
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)

@@ -90,4 +90,6 @@ class Any2PointConfig:
 
     @property
     def tokenizer_out_dim(self) -> int:
+        """Width of the tokenizer's output tokens, ``tokenizer_dim * 2**num_stages`` (768), before the projection to the
+        base width."""
         return self.tokenizer_dim * 2**self.num_stages

@@ -217,6 +217,8 @@ class PosEGeo(nn.Module):
         self.out_dim, self.alpha, self.beta = out_dim, alpha, beta
 
     def forward(self, knn_xyz: torch.Tensor, knn_x: torch.Tensor) -> torch.Tensor:
+        """Normalised neighbour offsets ``(B, 3, G, K)`` and features ``(B, D, G, K)`` -> features plus their
+        PosE, ``(B, D, G, K)``."""
         bsz, _, g, k = knn_xyz.shape
         d = self.out_dim // 6
         dim_embed = torch.pow(self.alpha, torch.arange(d, device=knn_xyz.device, dtype=knn_xyz.dtype) / d)
@@ -235,6 +237,7 @@ class Linear2Layer(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, G, K)`` -> ``(B, C, G, K)``."""
         return self.act(self.net2(self.net1(x)) + x)
 
 
@@ -335,6 +338,7 @@ class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)`` (official adapter activation)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise; any shape."""
         return x * torch.sigmoid(1.702 * x)
 
 
@@ -353,6 +357,7 @@ class Bottleneck(nn.Module):
             nn.init.normal_(lin.bias, std=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` -> ``(..., C)``; the caller adds it to its input (``f + s * bottleneck(f)``)."""
         return self.ln2(self.dropout(self.activate(self.ln1(x))))
 
 

@@ -175,6 +175,8 @@ class Any2PointBackbone(BlockStack):
 
     # ---- forward ---------------------------------------------------------------------------------------
     def check_points(self, points: torch.Tensor) -> torch.Tensor:
+        """``points`` unchanged if it is a finite ``(B, N, 3)`` cloud, else ``ValueError`` (the tokenizer checks the
+        point count)."""
         if points.ndim != 3 or points.shape[-1] != 3:
             raise ValueError(f"Any2Point expects a (B, N, 3) point cloud, got shape {tuple(points.shape)}")
         if not torch.isfinite(points).all():
@@ -228,6 +230,7 @@ class Any2PointBackbone(BlockStack):
         return torch.cat([*tokens[:, :p].unbind(dim=1), tokens[:, p:].amax(dim=1)], dim=-1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Cloud ``(B, N, 3)`` -> pooled features ``(B, (P + 1) C)``: ``(B, 2C)`` ``[cls, max over point tokens]``."""
         return self.pool(self.forward_features(points))
 
     def set_bands(self, bands: Sequence[str], init: Any = "copy") -> None:
@@ -248,6 +251,7 @@ class Any2PointBackbone(BlockStack):
                 self.cls_token.copy_(cls)
 
     def describe(self) -> dict[str, Any]:
+        """Metadata stored in adapter checkpoints: name, modality, width, point-token count and block count."""
         return {
             "name": self.name,
             "modality": "points",

@@ -30,6 +30,7 @@ class Bottleneck(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C_in)`` (``(B, C_in, H, W)`` with convolutions) -> ``(..., C_out)``; zero at init."""
         return self.up(self.dropout(self.act(self.down(x))))
 
 
@@ -49,5 +50,7 @@ class BottleneckAdapted(AdapterLayer):
         self.adapter = Bottleneck(in_dim if mode == "parallel" else out_dim, out_dim, dim, dropout, conv)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``h = base_layer(x, ...)`` plus ``scale * adapter(x)`` (parallel) or ``scale * adapter(h)`` (sequential), in
+        ``h``'s shape; equal to ``h`` at init."""
         h = self.base_layer(x, *args, **kwargs)
         return h + self.scale * self.adapter(x if self.mode == "parallel" else h)

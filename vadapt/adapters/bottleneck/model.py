@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 
 def inject_bottleneck(backbone: Backbone, config: BottleneckConfig) -> None:
+    """Wrap the target modules of every block (default ``backbone.adapter_targets``) in :class:`BottleneckAdapted`, in
+    place, sized from each module's first and last Linear (1×1 Conv2d for ``"conv"`` layout). Raises ``ValueError``
+    when a block has no matching module."""
     targets = default_targets(backbone, "adapter_targets", config.target_modules)
     layout = backbone.block_layout
     for block in backbone.blocks:

@@ -78,6 +78,7 @@ class LowRankLinear(nn.Module):
             self.up = nn.Linear(rank, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_dim)`` -> ``(..., out_dim)``."""
         return self.up(x if self.down is None else self.down(x))
 
 
@@ -105,6 +106,8 @@ class ContextCrossAttention(nn.Module):
             nn.init.zeros_(self.out_proj.up.weight)
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, L, dim)`` attend to context tokens ``(B, M, context_dim)`` -> update ``(B, L, dim)`` (zero at
+        init with ``zero_init``)."""
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, n, h * d) -> (B, h, n, d)
             return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
@@ -160,6 +163,8 @@ class SpatialPerception(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """The official ConvNet init: conv weights ``N(0, 2 / fan_out)`` with ``fan_out = k*k*out / groups``; GroupNorm
+        weights 1, biases 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # the official ConvNet's init: normal, std sqrt(2 / fan_out)
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
@@ -169,6 +174,7 @@ class SpatialPerception(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Padded image ``(B, bands, H, W)`` -> context ``(B, dim, ceil(H / 2**depth), ceil(W / 2**depth))``."""
         feats = []
         x = self.stem(image)
         for unit in self.units:
@@ -218,6 +224,9 @@ class CloudAdaptedBlock(AdapterLayer):
         self.num_prefix_tokens = num_prefix_tokens
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``base_layer``'s output with the cross-attention update added to its patch tokens; same shape. Raises
+        ``RuntimeError`` when no context has been computed yet and ``ValueError`` on a width, token-grid or batch
+        mismatch."""
         out = self.base_layer(x, *args, **kwargs)
         context = self.slot.context
         if context is None:

@@ -86,6 +86,7 @@ class Expert(nn.Module):
             nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` -> ``(..., C)``; zero at init with ``zero_init``."""
         return self.up(self.act(self.down(x)))
 
 
@@ -112,6 +113,7 @@ class EarthAdapter(nn.Module):
         return torch.softmax(self.router(x), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch map ``(B, h, w, C)`` -> update ``s * delta`` ``(B, h, w, C)``; zero at init with ``zero_init``."""
         delta = self.spatial(x)
         if self.frequency:
             low, high = split_frequencies(x.permute(0, 3, 1, 2), self.cutoff_ratio)
@@ -131,6 +133,7 @@ class TokenGrid:
         self.backbone = backbone
 
     def __call__(self) -> tuple[int, int] | None:
+        """The backbone's ``token_grid`` ``(h, w)`` of its latest forward, or ``None`` before the first one."""
         return self.backbone.token_grid
 
 
@@ -156,6 +159,8 @@ class EarthAdaptedBlock(AdapterLayer):
         self.grid = grid
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The block's output plus the adapter update on its patch tokens (shapes in the class docstring). Raises
+        ``ValueError`` when ``"tokens"`` output does not fold into the backbone's ``token_grid``."""
         out = self.base_layer(x, *args, **kwargs)
         if self.layout == "grid":
             return out + self.adapter(out)

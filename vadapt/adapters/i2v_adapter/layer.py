@@ -27,6 +27,8 @@ class FrameState:
         self.num_frames = int(num_frames)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook (``with_kwargs=True``): a 5-D ``sample`` ``(B, C, F, h, w)`` sets ``num_frames = F``; any
+        other input leaves it."""
         sample = args[0] if args else kwargs.get("sample")
         if isinstance(sample, torch.Tensor) and sample.ndim == 5:
             self.num_frames = int(sample.shape[2])
@@ -102,6 +104,8 @@ class I2VAttnProcessor:
         temb: torch.Tensor | None = None,
         num_frames: int | None = None,
     ) -> torch.Tensor:
+        """``hidden_states`` ``(B·F, N, C)`` (or ``(B·F, C, h, w)``) -> the same shape, with the first-frame branch
+        added (class docstring). ``num_frames`` overrides the shared :class:`FrameState` for this call."""
         frames = self.state.num_frames if num_frames is None else int(num_frames)
         residual = hidden_states
         if attn.spatial_norm is not None:

@@ -56,10 +56,12 @@ class EdgeConv(nn.Module):
         self.act = nn.LeakyReLU(negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D_in, N)`` -> ``(B, D_out, N)``; ``ValueError`` when ``N < k``."""
         edges = edge_features(x, feature_knn(x, self.k))  # (B, 2 D_in, N, k)
         return self.act(self.norm(self.conv(edges))).amax(dim=-1)
 
     def extra_repr(self) -> str:
+        """``k=<neighbours>`` for the module's ``repr``."""
         return f"k={self.k}"
 
 
@@ -104,6 +106,7 @@ class LastPositions:
         self.backbone = backbone
 
     def __call__(self) -> torch.Tensor | None:
+        """``backbone.last_pos`` ``(B, P + G, C)`` of the current forward, or ``None`` if the backbone has none."""
         return getattr(self.backbone, "last_pos", None)
 
 
@@ -145,6 +148,8 @@ class IDPTBlock(AdapterLayer):
         return (prompt + self.prompt_pos).to(x.dtype)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Block input ``x + pos`` ``(B, P + G, C)`` -> the block's output on the prompted sequence
+        ``(B, P + 1 + G, C)``, prompt at index ``P``."""
         p = self.num_prefix_tokens
         x = torch.cat([x[:, :p], self.make_prompt(x), x[:, p:]], dim=1)
         return self.base_layer(x, *args, **kwargs)

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 
 def inject_lora(backbone: Backbone, config: LoraConfig) -> None:
+    """Add peft LoRA / DoRA layers to ``backbone.model`` in place (default targets ``backbone.lora_targets``); module
+    names stay upstream's plus peft's ``base_layer``. Raises ``ValueError`` listing the module names there when the
+    targets match nothing."""
     import peft
 
     targets = default_targets(backbone, "lora_targets", config.target_modules)

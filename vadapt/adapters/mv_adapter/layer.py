@@ -174,4 +174,5 @@ class MVAttnProcessor(nn.Module):
         return out + extra / attn.rescale_output_factor
 
     def extra_repr(self) -> str:
+        """``name`` and ``use_ref`` for the module's ``repr``."""
         return f"name={self.name!r}, use_ref={self.use_ref}"

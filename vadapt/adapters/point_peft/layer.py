@@ -42,6 +42,7 @@ class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``: the official adapters' activation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Elementwise; any shape."""
         return x * torch.sigmoid(1.702 * x)
 
 
@@ -64,6 +65,7 @@ class Bottleneck(nn.Module):
             nn.init.normal_(layer.bias, std=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` -> ``(..., C)``."""
         out = self.up(self.dropout(self.act(self.down(x))))
         return x + out if self.residual else out
 
@@ -154,11 +156,14 @@ class PointPEFTShared(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
+        """The backbone this state belongs to; kept out of ``_modules``, so it is neither a submodule nor in
+        ``state_dict``."""
         return self.__dict__["_backbone"]
 
     # ---- point-prior bank ----------------------------------------------------------------------------------
     @property
     def bank_size(self) -> int:
+        """Entries ``M`` in the point-prior bank (0 while it is empty)."""
         return int(self.bank_features.shape[0])
 
     @torch.no_grad()
@@ -277,6 +282,8 @@ class PointPEFTShared(nn.Module):
         return ctx
 
     def current_context(self, x: torch.Tensor) -> GeometryContext:
+        """The :class:`GeometryContext` of the current forward for block input ``x`` ``(B, p + G, C)``: the one block 0
+        built, or a new one (:meth:`begin_forward`) when the centres changed since."""
         ctx = self.context
         centres = getattr(self.backbone, "last_centres", None)
         if ctx is None or ctx.centres is not centres or ctx.centres.shape[0] != x.shape[0]:
@@ -312,6 +319,8 @@ class FFNAdapter(AdapterLayer):
         self.adapter = Bottleneck(dim, config.adapter_dim, config.adapter_dropout, residual=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, C)`` -> ``(B, L, C)``: ``f + s * adapter(f)`` with ``f`` the frozen FFN output; ``f`` alone while
+        Point-PEFT is disabled."""
         f = self.base_layer(x)
         if not self.__dict__["_shared"].enabled:
             return f
@@ -350,6 +359,7 @@ class PointPEFTBlock(AdapterLayer):
 
     @property
     def shared(self) -> PointPEFTShared:
+        """The backbone's :class:`PointPEFTShared` (kept out of ``_modules``: the backbone owns it)."""
         return self.__dict__["_shared"]
 
     def prompts(self, batch: int, ctx: GeometryContext) -> torch.Tensor:
@@ -375,6 +385,9 @@ class PointPEFTBlock(AdapterLayer):
         return torch.einsum("bgs,bsc->bgc", ctx.idw.to(vis.dtype), vis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Block input ``x + pos`` ``(B, p + G, C)`` -> ``(B, p + G, C)``: prompts (prompted blocks only), the frozen
+        block, the geometry-aware adapter on the patch tokens, then the residual bottleneck. The frozen block alone
+        while Point-PEFT is disabled."""
         shared = self.shared
         if not shared.enabled:
             return self.base_layer(x)

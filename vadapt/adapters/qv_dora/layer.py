@@ -143,14 +143,17 @@ class QVDoraLinear(AdapterLayer):
 
     @property
     def bias(self) -> torch.Tensor | None:
+        """The frozen fused bias ``(3 d_out,)``, or ``None``."""
         return self.base_layer.bias
 
     @property
     def in_features(self) -> int:
+        """``d_in``, the wrapped Linear's."""
         return self.base_layer.in_features
 
     @property
     def out_features(self) -> int:
+        """``3 d_out``, the wrapped Linear's."""
         return self.base_layer.out_features
 
     def _rows(self, s: str) -> slice:
@@ -199,6 +202,7 @@ class QVDoraLinear(AdapterLayer):
         return torch.cat(rows, dim=0)
 
     def num_adapter_parameters(self) -> int:
+        """Adapter parameters of this layer (all trainable): ``r (d_in + d_out)`` per slice, ``+ d_out`` with DoRA."""
         return sum(p.numel() for p in self.adapter.parameters())
 
     @torch.no_grad()
@@ -214,4 +218,5 @@ class QVDoraLinear(AdapterLayer):
         return merged
 
     def extra_repr(self) -> str:
+        """Slices, rank, scaling and ``use_dora`` for the module's ``repr``."""
         return f"slices={self.slices}, r={self.r}, scaling={self.scaling:g}, use_dora={self.use_dora}"

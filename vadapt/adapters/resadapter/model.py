@@ -214,10 +214,13 @@ def set_resadapter_strength(backbone: Any, strength: float) -> None:
 
 
 def get_resadapter_strength(backbone: Any) -> float:
+    """The LoRA branch's current strength (:func:`set_resadapter_strength`); ``RuntimeError`` without a ResAdapter."""
     return _state(_unet(backbone)).strength
 
 
 def is_resadapter_enabled(backbone: Any) -> bool:
+    """``False`` between :func:`disable_resadapter` and :func:`enable_resadapter`; ``RuntimeError`` without a
+    ResAdapter."""
     return _state(_unet(backbone)).enabled
 
 

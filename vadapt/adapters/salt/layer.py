@@ -119,6 +119,7 @@ class SaltLinear(AdapterLayer):
 
     @property
     def bias(self) -> torch.Tensor | None:
+        """The frozen bias ``(out,)``, or ``None``."""
         return self.base_layer.bias
 
     def delta_weight(self) -> torch.Tensor:
@@ -135,6 +136,7 @@ class SaltLinear(AdapterLayer):
         return torch.cat(left, 1) @ torch.cat(right, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in)`` -> ``(..., out)`` with weight ``W + dW``, rebuilt at every call (exactly ``W`` at init)."""
         weight = self.base_layer.weight
         adapted = weight + self.delta_weight().to(weight.dtype)
         return F.linear(x, adapted, self.base_layer.bias)
@@ -150,6 +152,7 @@ class SaltLinear(AdapterLayer):
         return total
 
     def num_adapter_parameters(self) -> int:
+        """Adapter parameters of this layer (all trainable), as :func:`salt_parameter_count`."""
         return sum(p.numel() for p in self.adapter.parameters())
 
     @torch.no_grad()
@@ -165,4 +168,5 @@ class SaltLinear(AdapterLayer):
         return merged
 
     def extra_repr(self) -> str:
+        """``r``, ``lora_r`` and ``lora_scaling`` for the module's ``repr``."""
         return f"r={self.r}, lora_r={self.lora_r}, lora_scaling={self.lora_scaling:g}"

@@ -26,6 +26,8 @@ class PromptedBlock(AdapterLayer):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``x`` ``(B, N, C)`` -> ``(B, N, C)``: ``base_layer`` runs on ``(B, T + N, C)`` with the ``T`` prompts first,
+        and their outputs are dropped."""
         n = self.prompt.shape[1]
         prompts = self.dropout(self.prompt).expand(x.shape[0], -1, -1).to(x.dtype)
         return self.base_layer(torch.cat([prompts, x], dim=1), *args, **kwargs)[:, n:]

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 
 def inject_vpt(backbone: Backbone, config: VPTConfig) -> None:
+    """Wrap the blocks of ``config.layers`` (default every block) in :class:`PromptedBlock`, in place, with the token
+    width of each block's first LayerNorm. Raises ``ValueError`` for a non-``"tokens"`` backbone, an index out of
+    range or a block without LayerNorm."""
     if backbone.block_layout != "tokens":
         raise ValueError(
             f"VPT prepends tokens to a (B, N, C) sequence, but {backbone.name!r} blocks take "
