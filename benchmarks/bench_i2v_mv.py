@@ -272,7 +272,7 @@ def train(task, stream, steps: int, minutes: float, lr: float, label: str, ema: 
 
 
 def colour_of(image: torch.Tensor) -> tuple[str | None, tuple[float, float, float] | None]:
-    from vadapt.data.generation import colour_name, dominant_colour
+    from vadapt.data.measures import colour_name, dominant_colour
 
     rgb = dominant_colour(image, BACKGROUND)
     return colour_name(rgb, COLOURS), rgb
@@ -282,7 +282,7 @@ def n_objects(image: torch.Tensor) -> int:
     """``count_objects`` on the black background; 0 when more than 20 % of the border pixels are foreground (an
     undenoised / background-less sample would otherwise be "one object" filling the frame; the real clips and
     renders never get there)."""
-    from vadapt.data.generation import count_objects
+    from vadapt.data.measures import count_objects
 
     mask = mask_of(image)
     border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
@@ -292,7 +292,7 @@ def n_objects(image: torch.Tensor) -> int:
 
 
 def mask_of(image: torch.Tensor) -> np.ndarray:
-    from vadapt.data.generation import foreground_mask
+    from vadapt.data.measures import foreground_mask
 
     return foreground_mask(image, BACKGROUND)
 

@@ -20,7 +20,7 @@ yellow, prompt ``"a red circle"``) at ONE resolution ``R`` (default 16 px: the C
    arm, so the arms are paired. Sampling settings (30 DDIM steps, guidance 1 = no classifier-free guidance) were
    chosen on the BASE at its own resolution only (guidance 3 over-saturates this small base into blobs), before
    any adapter sample was looked at.
-4. **Measures** (``vadapt.data.generation``): ``one object`` = exactly one 8-connected non-black component
+4. **Measures** (``vadapt.data.measures``): ``one object`` = exactly one 8-connected non-black component
    (``count_objects``, components of >= 4 pixels, tolerance 40/255) covering at most half of the image (a
    training shape covers at most ~39 %; more is noise or a coloured background); ``right colour`` = the median
    colour of the non-black pixels is the prompt's colour (``colour_name(dominant_colour(...))`` among the four colours).
@@ -73,7 +73,7 @@ def buckets_for(res: int) -> list[list[int]]:
 
 
 def measure(images, texts: list[str]) -> dict[str, float]:
-    from vadapt.data.generation import colour_name, count_objects, dominant_colour, foreground_mask
+    from vadapt.data.measures import colour_name, count_objects, dominant_colour, foreground_mask
 
     one = colour = noise = 0
     counts = []

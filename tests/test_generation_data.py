@@ -12,22 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
+from vadapt.data.buckets import BucketBatchSampler, nearest_bucket
+from vadapt.data.captioned import CorruptImageWarning
 from vadapt.data.generation import (
-    COLOURS,
-    BucketBatchSampler,
     CaptionedImageDataModule,
-    CorruptImageWarning,
     ShapesImageDataModule,
     ShapesMultiviewDataModule,
     ShapesVideoDataModule,
-    colour_name,
-    count_objects,
-    dominant_colour,
-    foreground_mask,
-    nearest_bucket,
     write_shape_images,
 )
 from vadapt.data.io import DataError
+from vadapt.data.measures import colour_name, count_objects, dominant_colour, foreground_mask
+from vadapt.data.shapes_render import COLOURS
 
 BUCKETS = [[32, 32], [24, 40], [40, 24]]
 

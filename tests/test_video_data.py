@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vadapt.data.generation import CorruptImageWarning
+from vadapt.data.captioned import CorruptImageWarning
 from vadapt.data.io import DataError
 from vadapt.data.video import VideoClipDataModule, count_frames, frame_indices, read_frames
 

@@ -34,19 +34,16 @@ import torch
 from PIL import Image, ImageSequence
 from torch.utils.data import Dataset
 
-from vadapt.data.generation import (
+from vadapt.data.buckets import Bucket
+from vadapt.data.captioned import (
     IMAGE_SUFFIXES,
-    Bucket,
     CorruptImageWarning,
-    _check_common,
-    _GenerationDataModule,
-    _size,
-    _split,
     load_rgb,
     metadata_captions,
     probe_files,
     resize_crop,
 )
+from vadapt.data.generation_base import _check_common, _GenerationDataModule, _size, _split
 from vadapt.data.io import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
