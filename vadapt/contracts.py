@@ -89,6 +89,7 @@ class BlockStack(nn.Module):
         return len(blocks)
 
     def freeze(self) -> None:
+        """Make every parameter frozen (``requires_grad=False``) and put frozen batch norms in eval mode."""
         for p in self.parameters():
             p.requires_grad_(False)
         self.train(self.training)
@@ -135,6 +136,8 @@ class Backbone(BlockStack):
 
     # ---- shared behaviour ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, len(bands), H, W)`` -> one map ``(B, C_i, ceil(H / s_i), ceil(W / s_i))`` per stride ``s_i``;
+        ``ValueError`` naming the bands when the input's shape does not fit them."""
         if x.ndim != 4 or x.shape[1] != len(self.bands):
             raise ValueError(
                 f"{self.name or type(self).__name__} expects (B, {len(self.bands)}, H, W) input for bands "
@@ -149,6 +152,8 @@ class Backbone(BlockStack):
         return [f[..., : math.ceil(height / s), : math.ceil(width / s)] for f, s in zip(feats, self.strides)]
 
     def load_pretrained(self, path: str) -> None:
+        """Load an upstream checkpoint file into ``self.model`` through :meth:`checkpoint_filter`, strictly (every
+        missing or unexpected key is an error that lists them)."""
         state_dict = self.checkpoint_filter(read_state_dict(path))
         load_strict(self.model, state_dict, source=str(path))
 
