@@ -5,15 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vadapt.inference.options import InferOptions
+
 from .limits import AppError
 
 NODATA = 255  # mask value where the input has no data (as `vadapt infer`)
 
 
-def tile_size(task: torch.nn.Module, default: int = 512) -> int:
-    """Tile side for sliding-window prediction: at most the encoder's input size where it has a fixed one."""
+def tile_size(task: torch.nn.Module, default: int = InferOptions.tile) -> int:
+    """Tile side for sliding-window prediction: ``vadapt infer``'s default tile, but at most the encoder's input
+    size where it has a fixed one."""
     img_size = getattr(getattr(task, "backbone", None), "img_size", None)
-    if task.capabilities.prompts != "none" and img_size:  # SAM: inputs are padded to img_size
+    # deliberately smaller than `vadapt infer`'s tile for SAM: its encoder pads every input to img_size, so a
+    # larger tile would only be refused (vadapt infer refuses it too: --tile larger than the model's input size)
+    if task.capabilities.prompts != "none" and img_size:
         return min(int(img_size), default)
     return default
 
@@ -25,10 +30,12 @@ def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray) -> np.nda
     if min(height, width) < 16:
         raise AppError(f"the image is {width}x{height} pixels; the models need at least 16x16")
     x = torch.from_numpy(np.concatenate(inputs, 0)[None].astype(np.float32))
-    tile = tile_size(predictor.task)
+    # `vadapt infer`'s settings for this tile (overlap, blend, batch size for the device): the page shows what
+    # a batch run over the same image writes
+    options = InferOptions(tile=tile_size(predictor.task))
     try:
-        probs = sliding_window(predictor, x, tile=tile, stride=max(tile - 64, tile // 2), blend="ramp",
-                               batch_size=4)
+        probs = sliding_window(predictor, x, tile=options.tile, stride=options.stride, blend=options.blend,
+                               batch_size=options.batch_size_on(predictor.device.type))
     except (ValueError, RuntimeError) as exc:
         raise AppError(f"the model could not run on this image: {str(exc).splitlines()[0][:300]}") from exc
     mask = probs[0].argmax(0).numpy().astype(np.uint8)

@@ -479,3 +479,138 @@ def test_a_promptable_checkpoint_is_refused_with_a_reason(tmp_path, capsys):
     assert main(["infer", "--checkpoint", str(ckpt), "--input", str(tmp_path / "x.png"), "--output",
                  str(tmp_path / "out"), "--quiet"]) == 2
     assert "need point / box prompts" in capsys.readouterr().err
+
+
+# ---- settings: InferOptions, the single source of defaults and help -----------------------------------------
+def _infer_args(*flags: str):
+    from vadapt.cli import _parser
+
+    return _parser().parse_args(["infer", "--checkpoint", "c.safetensors", "--output", "out", *flags])
+
+
+def test_cli_defaults_are_the_infer_options_defaults():
+    from dataclasses import fields
+
+    from vadapt.inference import InferOptions
+
+    args, defaults = _infer_args(), InferOptions()
+    for f in fields(InferOptions):
+        assert getattr(args, f.name) == getattr(defaults, f.name), f.name
+    assert InferOptions(**{f.name: getattr(args, f.name) for f in fields(InferOptions)}) == defaults
+
+
+def test_cli_flags_reach_the_options_with_their_types():
+    from dataclasses import fields
+
+    from vadapt.inference import InferOptions
+
+    args = _infer_args("--tile", "256", "--overlap", "16", "--batch-size", "3", "--precision", "bf16", "--no-merge",
+                       "--quiet", "--overwrite", "--file-bands", "blue", "red", "--scale", "0.01", "--blend", "mean")
+    options = InferOptions(**{f.name: getattr(args, f.name) for f in fields(InferOptions)})
+    assert options == InferOptions(tile=256, overlap=16, batch_size=3, precision="bf16", merge=False, progress=False,
+                                   overwrite=True, file_bands=("blue", "red"), scale=0.01, blend="mean")
+    assert (options.tile_overlap, options.stride) == (16, 240)
+
+
+def test_infer_help_shows_every_settings_help_text(capsys, monkeypatch):
+    from dataclasses import fields
+
+    from vadapt.inference.options import InferOptions, field_help
+
+    texts = field_help()
+    assert sorted(texts) == sorted(f.name for f in fields(InferOptions))  # every field documented, nothing else
+    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps at the terminal width (and breaks at hyphens)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["infer", "--help"])
+    assert exit_info.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for name, text in texts.items():
+        assert text, name
+        assert " ".join(text.removesuffix(".").split()) in shown, name
+    for flag in ("--tile", "--overlap", "--batch-size", "--num-workers", "--model-threads", "--file-bands",
+                 "--num-shards", "--shard-index", "--no-merge", "--quiet", "--probabilities", "--overlay"):
+        assert flag in shown
+    assert "(default 512)" in shown and "{fp32,bf16,fp16}" in shown
+
+
+def test_building_the_cli_parser_imports_neither_torch_nor_numpy():
+    code = ("import sys; from vadapt.cli import _parser; "
+            "_parser().parse_args(['infer', '--checkpoint', 'c', '--output', 'o']); "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name,value", [("tile", 0), ("overlap", 600), ("overlap", -1), ("batch_size", 0),
+                                        ("num_workers", -1), ("precision", "fp64"), ("format", "jpg"),
+                                        ("blend", "max"), ("shard_index", 1), ("num_shards", 0), ("scale", 0.0),
+                                        ("tile", "512"), ("merge", "no"), ("file_bands", ["red", ""]),
+                                        ("device", "")])
+def test_a_bad_setting_raises_a_value_error_naming_it(name, value):
+    from vadapt.inference import InferOptions
+
+    with pytest.raises(ValueError, match=rf"^{name} ") as raised:
+        InferOptions(**{name: value})
+    assert repr(value if name != "file_bands" else tuple(value)) in str(raised.value)
+
+
+def test_infer_checks_its_settings_before_touching_anything(tmp_path, checkpoint, capsys):
+    with pytest.raises(ValueError, match=r"^overlap must be in \[0, tile=64\), got 64$"):
+        infer(checkpoint, tmp_path / "out", input=str(tmp_path), tile=64, overlap=64)
+    with pytest.raises(TypeError, match=r"'tiles'; did you mean 'tile'\?"):
+        infer(checkpoint, tmp_path / "out", input=str(tmp_path), tiles=256)
+    with pytest.raises(TypeError, match=r"'num_worker'; did you mean 'num_workers'\?"):
+        infer(checkpoint, tmp_path / "out", input=str(tmp_path), num_worker=0)
+    assert not (tmp_path / "out").exists()
+    assert main(["infer", "--checkpoint", str(checkpoint), "--input", str(tmp_path), "--output",
+                 str(tmp_path / "out"), "--scale", "-1"]) == 2
+    assert "scale must be a finite number above 0, got -1.0" in capsys.readouterr().err
+
+
+def test_options_object_and_keywords_give_the_same_run(tmp_path, checkpoint):
+    from vadapt.inference import InferOptions
+
+    write_geotiff(tmp_path / "in" / "a.tif", random_image(70, 90, 7))
+    options = InferOptions(tile=48, overlap=16, batch_size=2, progress=False, probabilities=True)
+    by_object = infer(checkpoint, tmp_path / "o1", input=str(tmp_path / "in"), options=options)
+    by_keywords = infer(checkpoint, tmp_path / "o2", input=str(tmp_path / "in"), tile=48, overlap=16, batch_size=2,
+                        progress=False, probabilities=True)
+    assert by_object.tiles == by_keywords.tiles == len(tile_grid(70, 90, 48, 32))
+    assert np.array_equal(read_mask(tmp_path / "o1" / "a.tif"), read_mask(tmp_path / "o2" / "a.tif"))
+    overridden = infer(checkpoint, tmp_path / "o1", input=str(tmp_path / "in"), options=options, overwrite=True,
+                       probabilities=False)  # keywords override the object's fields
+    assert overridden.done == ["a.tif"] and options.overwrite is False
+
+
+def test_options_build_merges_and_normalises():
+    from vadapt.inference import InferOptions
+
+    base = InferOptions(tile=256, file_bands=["red", "nir"])
+    assert base.file_bands == ("red", "nir") and hash(base) == hash(InferOptions(tile=256, file_bands=("red", "nir")))
+    assert InferOptions.build(base, overlap=8) == InferOptions(tile=256, overlap=8, file_bands=("red", "nir"))
+    assert InferOptions.build(base) is base
+    with pytest.raises(TypeError, match="InferOptions"):
+        InferOptions.build({"tile": 256})  # type: ignore[arg-type]
+    # None: chosen for the tile and the device (the rules the help texts state)
+    assert [InferOptions(tile=t).tile_overlap for t in (512, 256, 128, 32)] == [64, 64, 32, 8]
+    assert (InferOptions().batch_size_on("cpu"), InferOptions().batch_size_on("cuda")) == (1, 8)
+    assert (InferOptions().model_threads_on("cpu", 4), InferOptions().model_threads_on("cpu", 1),
+            InferOptions().model_threads_on("cuda", 8)) == (2, 1, 1)
+
+
+def test_option_choices_match_the_engine():
+    from typing import get_args
+
+    from vadapt import tiling
+    from vadapt.inference import engine
+    from vadapt.inference.options import CHOICES
+
+    assert set(CHOICES["blend"]) == set(get_args(tiling.Blend))
+    assert set(CHOICES["precision"]) == set(engine.PRECISIONS)
+
+
+def test_the_app_tiles_with_the_infer_defaults(checkpoint):
+    from vadapt.app.predict import tile_size
+    from vadapt.inference import InferOptions
+
+    assert tile_size(load_task(checkpoint)) == InferOptions().tile

@@ -202,28 +202,32 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--input-a", help="change detection: folder of 'before' images")
     infer.add_argument("--input-b", help="change detection: folder of 'after' images (paired by name)")
     infer.add_argument("--output", required=True, help="output folder")
-    infer.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
-    infer.add_argument("--overlap", type=int, default=None,
-                       help="tile overlap in pixels (default 64, or a quarter of a smaller tile)")
-    infer.add_argument("--batch-size", type=int, help="tiles per forward pass (default 1 on CPU, 8 on GPU)")
-    infer.add_argument("--num-workers", type=int, default=1, help="decoding processes (default 1; 0 = none)")
-    infer.add_argument("--model-threads", type=int, help="batches in the model at once (default 2 on CPU, 1 on GPU)")
-    infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    infer.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="autocast precision (default fp32; bf16 is faster on recent CPUs, fp16 on GPUs)")
-    infer.add_argument("--format", choices=("auto", "png", "tif", "npy"), default="auto",
-                       help="output format; auto: GeoTIFF in -> tif, .npy/.npz -> npy, else png")
-    infer.add_argument("--probabilities", action="store_true", help="also write <name>_prob.<ext>")
-    infer.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
-    infer.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    infer.add_argument("--num-shards", type=int, default=1, help="split the job over this many processes")
-    infer.add_argument("--shard-index", type=int, default=0, help="which shard this process runs (0-based)")
-    infer.add_argument("--weights", help="backbone weights to use instead of the path stored in the checkpoint")
-    infer.add_argument("--file-bands", nargs="+", help="band names of inputs that do not name their bands")
-    infer.add_argument("--scale", type=float, default=1.0, help="factor applied to input values (default 1)")
-    infer.add_argument("--blend", choices=("ramp", "mean"), default="ramp", help="overlap blending (default ramp)")
-    infer.add_argument("--no-merge", action="store_true", help="do not fold LoRA/DoRA into the weights first")
-    infer.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_settings(infer)
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of InferOptions (no torch imported): name, type, choices, default and help all come
+    from the dataclass, so the command line and ``vadapt.infer()`` cannot disagree."""
+    from dataclasses import MISSING, fields
+
+    from vadapt.inference.options import InferOptions, field_help, setting_type
+
+    texts = field_help()
+    for f in fields(InferOptions):
+        kind, _, choices = setting_type(f.name)
+        default = f.default if f.default is not MISSING else f.default_factory()
+        text = texts.get(f.name, "").removesuffix(".")
+        if kind is bool:  # a flag that turns the setting on, or off where it is on by default
+            flag = f.metadata.get("flag", f"--no-{f.name}" if default else f"--{f.name.replace('_', '-')}")
+            parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+                                help=f"turn off: {text} (on by default)" if default else text)
+            continue
+        extra: dict = {"nargs": "+", "type": str} if kind is tuple else {"type": kind}
+        if choices:
+            extra["choices"] = choices
+        shown = "" if default is None else f" (default {default})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default, help=f"{text}{shown}",
+                            **extra)
 
 
 def _version() -> str:
@@ -379,19 +383,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from vadapt.checkpoint import AdapterCheckpointError
-    from vadapt.inference import infer
-    overlap = min(64, args.tile // 4) if args.overlap is None else args.overlap
+    from vadapt.inference import InferOptions, infer
+
     try:
-        report = infer(
-            args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
-            tile=args.tile, overlap=overlap, batch_size=args.batch_size, num_workers=args.num_workers,
-            device=args.device, precision=args.precision, model_threads=args.model_threads, format=args.format,
-            probabilities=args.probabilities, overlay=args.overlay,
-            overwrite=args.overwrite, num_shards=args.num_shards, shard_index=args.shard_index,
-            weights=args.weights, file_bands=args.file_bands, scale=args.scale, blend=args.blend,
-            merge=not args.no_merge, progress=not args.quiet,
-        )
+        options = InferOptions(**{f.name: getattr(args, f.name) for f in fields(InferOptions)})
+        report = infer(args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
+                       options=options)
     except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

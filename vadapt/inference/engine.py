@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -46,10 +46,11 @@ from .files import (
     temporary,
 )
 from .fuse import fold_batch_norms
+from .options import InferOptions, Precision, check_choice
 
 os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) would dwarf our own buffers
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: dict[Precision, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert set(PRECISIONS) == set(get_args(Precision)), "a precision of InferOptions without a torch dtype"
 MIN_SIDE = 16  # pixels: smaller images are reported rather than predicted from padding
 PREVIEW_SIDE = 1024  # longest side of --overlay pictures
 
@@ -271,8 +272,8 @@ class OpenJob:
 class Predictor:
     """The checkpoint's model as ``(N, C·inputs, h, w)`` raw values -> ``(N, K, h, w)`` probabilities."""
 
-    def __init__(self, task: torch.nn.Module, device: str, merge: bool = True, precision: Precision = "fp32",
-                 fold_norms: bool = True) -> None:
+    def __init__(self, task: torch.nn.Module, device: str, merge: bool = InferOptions.merge,
+                 precision: Precision = InferOptions.precision, fold_norms: bool = InferOptions.merge) -> None:
         from vadapt.adapters import can_merge, merge_adapter
 
         caps = task.capabilities
@@ -295,8 +296,7 @@ class Predictor:
         # channels-last convolutions are ~10-15% faster on CPU (oneDNN) and on tensor-core GPUs; same results
         self.task = task.to(device, memory_format=torch.channels_last)
         self.device = torch.device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        check_choice("precision", precision)
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("precision fp16 needs a GPU; use bf16 on a CPU")
         self.dtype = PRECISIONS[precision]
@@ -448,92 +448,65 @@ def infer(
     input: str | None = None,
     input_a: str | None = None,
     input_b: str | None = None,
-    tile: int = 512,
-    overlap: int = 64,
-    batch_size: int | None = None,
-    num_workers: int = 1,
-    device: str = "cpu",
-    precision: Precision = "fp32",
-    model_threads: int | None = None,
-    format: str = "auto",
-    probabilities: bool = False,
-    overlay: bool = False,
-    overwrite: bool = False,
-    num_shards: int = 1,
-    shard_index: int = 0,
-    weights: str | None = None,
-    file_bands: Sequence[str] | None = None,
-    scale: float = 1.0,
-    blend: Blend = "ramp",
-    merge: bool = True,
-    progress: bool = True,
+    *,
+    options: InferOptions | None = None,
+    **settings: Any,
 ) -> InferReport:
     """Predict every image under ``input`` (folder, glob or file) into ``output``; see the module docstring.
 
     Args:
         checkpoint: adapter checkpoint (``.safetensors``) or Lightning ``.ckpt`` of a vadapt task.
-        input_a, input_b: for change detection, the before / after folders, files paired by relative path.
-        tile, overlap: tile side and overlap in pixels; images up to ``tile`` px are predicted in one pass.
-        batch_size: tiles per forward pass (tiles of different images are batched together); default 1 on a
-            CPU (larger batches are slower per tile there: BENCHMARKS.md section 6), 8 on a GPU.
-        precision: ``fp32``, or autocast to ``bf16`` (CPU with AVX-512 BF16 or GPU) / ``fp16`` (GPU): faster,
-            slightly different probabilities.
-        num_workers: DataLoader processes decoding files (0 = in the main process).
-        model_threads: batches run through the model at once, each with its share of the intra-op threads;
-            default 2 on a CPU (two single-threaded forwards beat one two-threaded forward by ~12% on small
-            convnets), 1 on a GPU.
-        format: ``auto`` (GeoTIFF in -> ``tif``, ``.npy``/``.npz`` -> ``npy``, else ``png``), ``png``, ``tif``, ``npy``.
-        probabilities: also write ``<name>_prob.<ext>`` (float class probabilities; 8-bit confidence for PNG).
-        overlay: also write ``<name>_overlay.png``, the prediction over an RGB composite (at most 1024 px).
-        overwrite: redo outputs that already exist (otherwise they are skipped).
-        num_shards, shard_index: process every ``num_shards``-th job starting at ``shard_index`` (sorted by
-            name), so that separate processes or nodes share one folder.
-        weights: backbone weights path overriding the one stored in the checkpoint.
-        file_bands, scale: band names of inputs that do not name their bands, and a factor applied to values.
-        blend: ``ramp`` (seamless, default) or ``mean`` overlap blending.
-        merge: fold LoRA/DoRA into the backbone weights and inference-mode batch norms into their convolutions
-            first (:mod:`vadapt.inference.fuse`; faster, same predictions within float rounding).
+        output: the output folder; outputs mirror the inputs' paths relative to ``input``.
+        input: folder (searched recursively), glob (``"scenes/**/*.tif"``) or one file.
+        input_a, input_b: for change detection (instead of ``input``), the before / after folders, files
+            paired by relative path.
+        options: the run's settings (:class:`~vadapt.inference.options.InferOptions`; default: its defaults).
+        **settings: single settings by name, applied over ``options``: ``infer(ckpt, "out/", input="in/",
+            tile=256, overlap=32)``. An unknown name raises :class:`TypeError` with the closest valid one; a
+            bad value :class:`ValueError` naming the setting.
     """
     from tqdm.auto import tqdm
 
     from vadapt.loading import load_task
 
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile={tile}), got {overlap}")
+    opts = InferOptions.build(options, **settings)
     output = Path(output)
     started = time.perf_counter()
     report = InferReport()
-    jobs, failures, report.ignored = find_jobs(output, input, input_a, input_b, format, probabilities, overlay)
-    jobs, failures = jobs[shard_index::num_shards], failures[shard_index::num_shards]
+    jobs, failures, report.ignored = find_jobs(output, input, input_a, input_b, opts.format, opts.probabilities,
+                                               opts.overlay)
+    jobs, failures = jobs[opts.shard_index :: opts.num_shards], failures[opts.shard_index :: opts.num_shards]
     report.failed += failures
     todo = []
     for job in jobs:
         remove_temporaries(job)  # left by a killed run; each job belongs to exactly one shard
-        if job.complete() and not overwrite:
+        if job.complete() and not opts.overwrite:
             report.skipped.append(job.name)
         else:
             todo.append(job)
 
-    predictor = Predictor(load_task(checkpoint, weights), device, merge, precision, fold_norms=merge)
+    predictor = Predictor(load_task(checkpoint, opts.weights), opts.device, opts.merge, opts.precision,
+                          fold_norms=opts.merge)
+    tile, stride = opts.tile, opts.stride
     largest = getattr(predictor.task, "img_size", None)  # SAM-family tasks take at most their encoder's size
     if largest is not None and tile > largest:
         raise ValueError(f"--tile {tile} is larger than this model's input size {largest}: use --tile {largest} "
                          "or smaller")
     report.load_seconds = time.perf_counter() - started
-    on_cpu = predictor.device.type == "cpu"
-    batch_size = batch_size or (1 if on_cpu else 8)
-    model_threads = model_threads or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
-    reader = BandReader(predictor.bands, file_bands, scale)
-    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, tile - overlap)
+    device_type = predictor.device.type
+    batch_size = opts.batch_size_on(device_type)
+    model_threads = opts.model_threads_on(device_type, torch.get_num_threads())
+    num_workers = opts.num_workers
+    reader = BandReader(predictor.bands, opts.file_bands, opts.scale)
+    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride)
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,
                         prefetch_factor=2 * batch_size if num_workers else None)
-    bar = tqdm(total=len(todo), unit="file", disable=not progress, dynamic_ncols=True,
-               desc=f"vadapt infer{f' [{shard_index + 1}/{num_shards}]' if num_shards > 1 else ''}")
+    shard = f" [{opts.shard_index + 1}/{opts.num_shards}]" if opts.num_shards > 1 else ""
+    bar = tqdm(total=len(todo), unit="file", disable=not opts.progress, dynamic_ncols=True,
+               desc=f"vadapt infer{shard}")
     run = FolderRun(predictor, todo, report, bar, batch_size, model_threads,
-                    lambda job, meta: OpenJob(job, meta, tile, tile - overlap, blend, predictor.num_classes,
+                    lambda job, meta: OpenJob(job, meta, tile, stride, opts.blend, predictor.num_classes,
                                               predictor.bands))
     intra_op = torch.get_num_threads()
     torch.set_num_threads(max(1, intra_op // model_threads))
@@ -543,7 +516,7 @@ def infer(
         torch.set_num_threads(intra_op)
     bar.close()
     report.seconds = time.perf_counter() - started
-    write_report(report, output, num_shards, shard_index)
+    write_report(report, output, opts.num_shards, opts.shard_index)
     return report
 
 
