@@ -364,6 +364,8 @@ def test_only_adapter_parameters_train(case):
     assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) < 0.5 * sum(
         p.numel() for p in backbone.parameters()
     )
+    # the backbone was in eval mode: the injected modules are too (no adapter dropout at inference)
+    assert not [n for n, m in backbone.named_modules() if m.training]
 
 
 @pytest.mark.parametrize("case", rows(IDENTITY))

@@ -35,9 +35,11 @@ def _method(config: AdapterConfig) -> AdapterMethod:
 
 
 def apply_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
-    """Inject ``config``'s method into the (frozen) ``backbone`` in place; ``None`` leaves it untouched."""
+    """Inject ``config``'s method into the (frozen) ``backbone`` in place; ``None`` leaves it untouched. The new
+    modules take the backbone's train / eval mode (an eval-mode backbone stays deterministic: no adapter dropout)."""
     if config is not None:
         _method(config).inject(backbone, config)
+        backbone.train(backbone.training)
     return backbone
 
 
