@@ -220,6 +220,8 @@ class DiffusionBase(nn.Module):
 
     family = "diffusion"
     block_layout = "unet"
+    #: default LoRA targets: the UNet's attention projections (diffusers' LoRA training scripts adapt these)
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     #: tasks normalise [0, 1] images with these: (x - 0.5) / 0.5 = 2x - 1, the [-1, 1] range the VAE expects
     rgb_mean = (0.5, 0.5, 0.5)
     rgb_std = (0.5, 0.5, 0.5)
@@ -295,6 +297,12 @@ class DiffusionBase(nn.Module):
             unet = _motion_unet(unet, adapter)
         self.unet = unet
         self.freeze()
+
+    @property
+    def model(self) -> nn.Module:
+        """The module weight-level adapters (LoRA / DoRA through peft) attach into: the UNet, as ``model`` is the
+        upstream module of an image backbone."""
+        return self.unet
 
     # ---- loading -------------------------------------------------------------------------------------------
     def load_pretrained(self, path: str) -> None:

@@ -113,6 +113,8 @@ CASES: dict[str, Case] = {
     "lora-clip": Case("clip_test", LoraConfig, dict(r=4)),
     "lora-effnet": Case("efficientnet_lite0_test", LoraConfig, dict(r=4)),
     "lora-point_mae": Case("point_mae_test", LoraConfig, dict(r=4)),
+    "lora-sd15-unet": Case("sd15_test", LoraConfig, dict(r=4)),  # the UNet's attention projections
+    "dora-animatediff-unet": Case("animatediff_test", LoraConfig, dict(r=2, use_dora=True)),
     # bottleneck adapters
     "bottleneck-parallel-dinov2": Case("dinov2_test", BottleneckConfig, dict(adapter_dim=8),
                                        {MERGE: NOT_MERGEABLE_BOTTLENECK}),
