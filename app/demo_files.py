@@ -158,21 +158,22 @@ def make_sam(folder: Path, steps: int = 300, progress: Progress = print) -> Path
     from vadapt.adapters import LoraConfig
     from vadapt.checkpoint import save_adapter
     from vadapt.tasks import PromptableSegmentationTask
+    from vadapt.tasks.promptable_config import DecoderConfig, PromptingConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     rgb, (_, codes, _) = scene_rgb(), scene()
     mean, std = _rgb_stats(rgb)
     args = {"backbone": "sam_test", "img_size": SAM_SIZE, "mean": mean, "std": std, "lr": 1e-3,
-            "num_positive": 2, "num_negative": 1, "box_probability": 0.3}
+            "prompting": PromptingConfig(num_positive=2, num_negative=1, box_probability=0.3)}
     torch.manual_seed(0)
-    source = PromptableSegmentationTask(adapter=None, mask_decoder="frozen", **args)
+    source = PromptableSegmentationTask(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"), **args)
     weights = folder / SAM.replace(".safetensors", ".weights.safetensors")
     state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
     state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
     state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-    task = PromptableSegmentationTask(weights=str(weights), adapter=LoraConfig(r=4), mask_decoder="train",
-                                      **args)
+    task = PromptableSegmentationTask(weights=str(weights), adapter=LoraConfig(r=4),
+                                      decoder=DecoderConfig(mask_decoder="train"), **args)
     image = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32))
     cloud = torch.from_numpy((codes == CLOUD_CODE).astype(np.int64))
     small = torch.nn.functional.interpolate(image[None], size=(SAM_SIZE, SAM_SIZE), mode="area")[0]

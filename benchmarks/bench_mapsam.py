@@ -19,11 +19,11 @@ Arms (``--arms``, default ``mapsam,plain,full``), all on the SAM ViT-B image enc
 (and MapSAM's prompt encoder / mask decoder) starts from RANDOM INIT. The numbers say whether each recipe
 learns from 10 shots on a CPU budget, nothing about MapSAM's paper accuracy (which relies on SA-1B weights).
 
-* ``mapsam``: ``PromptableSegmentationTask(prompting="automatic")`` (MapSAM: coarse-mask heads -> automatic
-  point prompts + positional-semantic prompt), q/v DoRA r=4 on the frozen encoder, prompt encoder and mask
-  decoder trained, loss 0.2 focal + 0.8 dice (+ the same on the coarse mask). AdamW lr 0.005, weight decay 0.1
-  (MapSAM's official values). If this diverges (non-finite loss, or a last-epoch mean loss above the first
-  epoch's), the arm is rerun with lr 1e-3 (``mapsam_lr1e-3``) unless ``--no-fallback``.
+* ``mapsam``: ``PromptableSegmentationTask(prompting=PromptingConfig(mode="automatic"))`` (MapSAM: coarse-mask
+  heads -> automatic point prompts + positional-semantic prompt), q/v DoRA r=4 on the frozen encoder, prompt
+  encoder and mask decoder trained, loss 0.2 focal + 0.8 dice (+ the same on the coarse mask). AdamW lr 0.005,
+  weight decay 0.1 (MapSAM's official values). If this diverges (non-finite loss, or a last-epoch mean loss above
+  the first epoch's), the arm is rerun with lr 1e-3 (``mapsam_lr1e-3``) unless ``--no-fallback``.
 * ``plain``: ``SemanticSegmentationTask`` (2 classes, cross-entropy, ignore 255), the same q/v DoRA r=4 on the
   frozen encoder, decode head ``--head`` (default ``fpn``, 64 channels: on SAM's single 256-channel stride-16
   neck map it is 1x1 conv -> 3x3 conv/BN/ReLU -> 1x1 classifier, logits bilinearly upsampled x16; ``linear`` is
@@ -166,13 +166,15 @@ def augment(images: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[
 def build_task(arm: str, args: argparse.Namespace, info: dict[str, Any]) -> torch.nn.Module:
     from vadapt.adapters import QVDoraConfig
     from vadapt.tasks import PromptableSegmentationTask, SemanticSegmentationTask
+    from vadapt.tasks.promptable_config import DecoderConfig, LossConfig, PromptingConfig
 
     common = {"backbone": args.backbone, "weights": None, "img_size": args.size, "mean": info["mean"],
               "std": info["std"]}
     if arm.startswith("mapsam"):
         return PromptableSegmentationTask(
-            **common, adapter=QVDoraConfig(r=4), prompting="automatic", prompt_encoder="train",
-            mask_decoder="train", focal_weight=0.2, dice_weight=0.8, lr=arm_lr(arm, args), weight_decay=0.1,
+            **common, adapter=QVDoraConfig(r=4), prompting=PromptingConfig(mode="automatic"),
+            decoder=DecoderConfig(prompt_encoder="train", mask_decoder="train"),
+            loss=LossConfig(focal_weight=0.2, dice_weight=0.8), lr=arm_lr(arm, args), weight_decay=0.1,
             preview_images=0,
         )
     plain = arm.startswith("plain")

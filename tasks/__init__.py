@@ -7,12 +7,13 @@ from .part_segmentation import PartIoU, PartSegmentationTask
 from .point_classification import PointClassificationTask
 from .point_pretrain import PointMAEPretrainTask
 from .promptable import EmbeddingCache, PromptableSegmentationTask
+from .promptable_config import DecoderConfig, LossConfig, PromptingConfig
 from .segmentation import SemanticSegmentationTask
 
 TASKS = ["vadapt.tasks.SemanticSegmentationTask", "vadapt.tasks.ChangeDetectionTask",
          "vadapt.tasks.PromptableSegmentationTask", "vadapt.tasks.PointClassificationTask",
          "vadapt.tasks.PointMAEPretrainTask", "vadapt.tasks.PartSegmentationTask", "vadapt.tasks.DiffusionAdapterTask"]
 
-__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "DiffusionAdapterTask", "EmbeddingCache", "PartIoU",
-           "PartSegmentationTask", "PointClassificationTask", "PointMAEPretrainTask", "PromptableSegmentationTask",
-           "SemanticSegmentationTask"]
+__all__ = ["TASKS", "BaseTask", "ChangeDetectionTask", "DecoderConfig", "DiffusionAdapterTask", "EmbeddingCache",
+           "LossConfig", "PartIoU", "PartSegmentationTask", "PointClassificationTask", "PointMAEPretrainTask",
+           "PromptableSegmentationTask", "PromptingConfig", "SemanticSegmentationTask"]

@@ -1,14 +1,24 @@
 """The one base of every task: a frozen backbone with an adapter, a head, and the shared plumbing.
 
 Subclasses (torchgeo style) implement ``configure_head``, ``configure_losses``, ``configure_metrics``,
-``forward`` and ``_shared_step``; their ``__init__`` signature *is* the YAML config. The base builds the
-backbone (frozen, bands adapted), injects the adapter, normalises inputs with the stored statistics, sets up
-AdamW with warm-up and a poly schedule over the trainable parameters only, keeps frozen weights out of
-Lightning checkpoints, and writes an adapter checkpoint (:mod:`vadapt.checkpoint`) when fitting ends.
+``forward`` and ``_shared_step``; their ``__init__`` signature *is* the YAML config. The arguments every task
+shares (optimiser, normalisation, backbone plumbing) are defined once, as keyword arguments of
+:meth:`BaseTask.__init__`: a task takes ``**kwargs`` and passes them on with ``super().__init__(**kwargs)``, and
+jsonargparse (LightningCLI, :func:`vadapt.loading.build_task`) follows them there, so they are still YAML keys of
+the task. A task whose paper uses another default declares that argument itself and passes it on
+(``super().__init__(lr=lr, **kwargs)``); a task that has no use for one passes :data:`UNUSED` for it, which takes
+it out of the task's YAML schema and hyperparameters.
+
+The base builds the backbone (frozen, bands adapted), injects the adapter, normalises inputs with the stored
+statistics, sets up AdamW with warm-up and a poly schedule over the trainable parameters only, keeps frozen
+weights out of Lightning checkpoints, and writes an adapter checkpoint (:mod:`vadapt.checkpoint`) when fitting
+ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,10 +29,23 @@ import torch
 import vadapt.composites  # noqa: F401  (registers the composite backbones: Any2Point)
 from vadapt.adapters import AdapterConfig, apply_adapter, as_adapter_config
 from vadapt.backbones import Backbone, create_backbone
-from vadapt.bands import RGB
+from vadapt.bands import RGB, BandInit
 from vadapt.config import to_plain
 from vadapt.contracts import TaskCapabilities
 from vadapt.params import count_parameters
+
+
+class _Unused:
+    """The type of :data:`UNUSED`."""
+
+    def __repr__(self) -> str:
+        return "UNUSED"
+
+
+#: what a task passes to ``BaseTask.__init__`` for a shared argument it has no use for (e.g. ``mean`` and ``std``
+#: for point clouds): jsonargparse then leaves the argument out of the task's YAML schema, as a keyword given in the
+#: ``super().__init__`` call, and the base leaves it out of the hyperparameters (the base's default applies)
+UNUSED: Any = _Unused()
 
 
 class BaseTask(L.LightningModule):
@@ -35,17 +58,62 @@ class BaseTask(L.LightningModule):
     #: declares it, or overrides :meth:`capabilities_for` where it depends on the init args
     CAPABILITIES: ClassVar[TaskCapabilities]
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        warmup_steps: int = 0,
+        poly_power: float = 1.0,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        extra_band_init: BandInit = "copy",
+        freeze_backbone: bool = True,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        """
+        Args:
+            lr: AdamW's peak learning rate, over the trainable parameters only.
+            weight_decay: AdamW's weight decay.
+            warmup_steps: optimiser steps of linear warm-up to ``lr``.
+            poly_power: after the warm-up, the learning rate decays as ``(1 - progress) ** poly_power`` to 0 at the
+                last step (1: linear).
+            mean: per-band input statistics (raw units): the model normalises its inputs to ``(x - mean) / std``
+                itself, so training, inference and the app preprocess alike; default (``mean`` and ``std`` unset):
+                the backbone's pretraining statistics (RGB bands only).
+            std: per-band input statistics (raw units), each > 0; see ``mean``.
+            extra_band_init: first-layer init of bands the pretrained model lacks (``copy``, ``mean``, ``repeat``,
+                ``zero``).
+            freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, or training from scratch
+                with ``weights: null``): the baselines adapters are compared with.
+            grad_checkpointing: recompute adapted blocks in backward to save memory.
+        """
         super().__init__()
-        self.save_hyperparameters()  # the subclass's init args
-        # again, with the adapter config as {class_path, init_args}: loggers write hparams with OmegaConf, which
-        # rejects dataclasses with union-typed fields (as_adapter_config turns it back into the dataclass)
-        self.save_hyperparameters({**self.hparams, "adapter": to_plain(self.hparams.get("adapter"))})
+        # the init args of the task's __init__ and of this one (Lightning follows the super().__init__ frames)
+        shared = {name: value for name, value in locals().items() if name in SHARED_DEFAULTS}
+        self.save_hyperparameters(ignore=[name for name, value in shared.items() if value is UNUSED])
+        # again, with dataclass configs (the adapter's, ...) as {class_path, init_args}: loggers write hparams with
+        # OmegaConf, which rejects dataclasses with union-typed fields (as_adapter_config turns it back into the
+        # dataclass), and the task's own arguments first
+        plain = {k: to_plain(v) if dataclasses.is_dataclass(v) else v for k, v in self.hparams.items()}
+        self.save_hyperparameters(dict(sorted(plain.items(), key=lambda item: item[0] in SHARED_DEFAULTS)))
         self.strict_loading = False  # Lightning checkpoints hold only trainable weights (see on_save_checkpoint)
         self.configure_backbone()
         self.configure_head()
         self.configure_losses()
         self.configure_metrics()
+
+    @classmethod
+    def upgrade_init_args(cls, init_args: Mapping[str, Any]) -> dict[str, Any]:
+        """``init_args`` stored by an earlier vadapt (adapter checkpoint manifests, Lightning checkpoints) in the
+        form this version's ``__init__`` takes; :mod:`vadapt.loading` calls it before building the task. The
+        identity, unless the task renamed or regrouped its arguments."""
+        return dict(init_args)
+
+    def shared_setting(self, name: str) -> Any:
+        """A shared argument of :meth:`__init__` (``lr``, ``mean``, ...): its value, or its default where the task
+        passed :data:`UNUSED` for it."""
+        return self.hparams.get(name, SHARED_DEFAULTS[name])
 
     # ---- what the task offers ------------------------------------------------------------------------------
     @classmethod
@@ -67,19 +135,19 @@ class BaseTask(L.LightningModule):
 
     # ---- models ------------------------------------------------------------------------------------------
     def configure_backbone(self) -> None:
-        hp = self.hparams
+        hp, setting = self.hparams, self.shared_setting
         self.backbone = create_backbone(
             hp["backbone"], weights=self.backbone_weights(), bands=hp.get("bands", RGB),  # point clouds: no bands
-            extra_band_init=hp.get("extra_band_init", "copy"), **self.backbone_options(),
+            extra_band_init=setting("extra_band_init"), **self.backbone_options(),
         )
         self.adapter_config: AdapterConfig | None = as_adapter_config(hp.get("adapter"))
         apply_adapter(self.backbone, self.adapter_config)
-        if not hp.get("freeze_backbone", True):  # full fine-tuning / training from scratch (baselines)
+        if not setting("freeze_backbone"):  # full fine-tuning / training from scratch (baselines)
             self.backbone.requires_grad_(True)
             # freezing put batch norms in eval mode, and Lightning keeps module modes as they are: re-apply
             self.backbone.train(self.training)
-        self.backbone.grad_checkpointing = bool(hp.get("grad_checkpointing", False))
-        mean, std = self.normalisation(hp.get("mean"), hp.get("std"))
+        self.backbone.grad_checkpointing = bool(setting("grad_checkpointing"))
+        mean, std = self.normalisation(setting("mean"), setting("std"))
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -135,14 +203,14 @@ class BaseTask(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        setting = self.shared_setting
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise ValueError("nothing to train: the backbone is frozen and the task has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=hp.get("lr", 1e-3), weight_decay=hp.get("weight_decay", 1e-2))
+        optimizer = torch.optim.AdamW(params, lr=setting("lr"), weight_decay=setting("weight_decay"))
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
-        warmup = min(int(hp.get("warmup_steps", 0)), total - 1)
-        power = float(hp.get("poly_power", 1.0))
+        warmup = min(int(setting("warmup_steps")), total - 1)
+        power = float(setting("poly_power"))
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -232,6 +300,13 @@ class BaseTask(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [ExportAdapterOnFitEnd()]
+
+
+#: the shared arguments of ``BaseTask.__init__`` and their defaults
+SHARED_DEFAULTS: dict[str, Any] = {
+    name: p.default for name, p in inspect.signature(BaseTask.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 class ExportAdapterOnFitEnd(L.Callback):

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
 from vadapt.adapters import AdapterConfig
-from vadapt.bands import RGB, BandInit
+from vadapt.bands import RGB
 from vadapt.contracts import TaskCapabilities
 from vadapt.tiling import sliding_window
 
@@ -86,19 +86,14 @@ class ChangeDetectionTask(BaseTask):
         decoder_channels: int = 256,
         exchange_levels: list[int] | None = None,
         ignore_index: int | None = 255,
-        lr: float = 3e-4,
-        weight_decay: float = 1e-4,
-        warmup_steps: int = 0,
-        poly_power: float = 3.0,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
         img_size: int | None = None,
-        extra_band_init: BandInit = "copy",
-        grad_checkpointing: bool = False,
-        freeze_backbone: bool = True,
         tile_size: int = 256,
         tile_stride: int = 128,
         preview_images: int = 4,
+        lr: float = 3e-4,
+        weight_decay: float = 1e-4,
+        poly_power: float = 3.0,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -113,16 +108,15 @@ class ChangeDetectionTask(BaseTask):
             decoder_channels: decoder width (paper: 256).
             exchange_levels: feature levels swapped between the dates; default every other level from 0.
             ignore_index: label value excluded from loss and metrics (None = none).
-            lr, weight_decay, warmup_steps, poly_power: AdamW, linear warm-up, poly decay (paper: 3e-4, 1e-4,
-                3000, 3).
-            mean, std: per-band input statistics (raw units); default: pretraining RGB statistics.
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
-            extra_band_init: first-layer init of bands the pretrained model lacks.
-            grad_checkpointing: recompute adapted blocks in backward to save memory.
-            freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning baseline).
             tile_size, tile_stride: sliding-window inference for validation, test and predict on pairs larger
                 than ``tile_size`` (paper: 256, 128; overlaps averaged).
             preview_images: validation pairs drawn in the per-epoch picture (0 = none).
+            lr, weight_decay, poly_power: :class:`BaseTask`'s (AdamW, linear warm-up, poly decay) with the paper's
+                defaults: 3e-4, 1e-4, 3 (the paper also warms up for 3000 steps: ``warmup_steps``).
+            kwargs: the other arguments every task shares (:class:`BaseTask`): ``warmup_steps``, ``mean``,
+                ``std``, ``extra_band_init``, ``freeze_backbone`` (``False``: the full fine-tuning baseline),
+                ``grad_checkpointing``.
         """
         if num_classes != 2:
             raise ValueError(f"change detection has 2 classes (unchanged, changed); got num_classes={num_classes}")
@@ -130,7 +124,7 @@ class ChangeDetectionTask(BaseTask):
             raise ValueError(f"class_names needs 2 names (unchanged, changed), got {list(class_names)}")
         if tile_stride < 1 or tile_stride > tile_size:
             raise ValueError(f"tile_stride must be in 1..tile_size ({tile_size}), got {tile_stride}")
-        super().__init__()
+        super().__init__(lr=lr, weight_decay=weight_decay, poly_power=poly_power, **kwargs)
 
     def configure_head(self) -> None:
         hp = self.hparams

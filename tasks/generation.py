@@ -41,7 +41,7 @@ from torchmetrics import MeanMetric
 from vadapt.adapters import AdapterConfig
 from vadapt.contracts import TaskCapabilities
 
-from .base import BaseTask
+from .base import UNUSED, BaseTask
 
 Kind = Literal["image", "video", "multiview"]
 
@@ -66,11 +66,9 @@ class DiffusionAdapterTask(BaseTask):
         guidance_scale: float = 7.5,
         num_frames: int = 16,
         num_views: int = 6,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-2,
-        warmup_steps: int = 0,
-        grad_checkpointing: bool = False,
         train_unet: bool = False,
+        lr: float = 1e-4,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -87,16 +85,20 @@ class DiffusionAdapterTask(BaseTask):
             sampler: the scheduler :meth:`generate` uses by default.
             num_inference_steps, guidance_scale: :meth:`generate` defaults.
             num_frames: frames per clip (``video``), num_views: views per object (``multiview``).
-            lr, weight_decay, warmup_steps: AdamW with linear warm-up and decay, over the adapter only.
-            grad_checkpointing: recompute the UNet's activations in backward (diffusers' own checkpointing).
             train_unet: fine-tune the whole UNet too (the VAE and text encoders stay frozen): the full
                 fine-tuning baseline, and how the offline demo base is pretrained.
+            lr: :class:`BaseTask`'s (AdamW over the adapter only) with a default of 1e-4.
+            kwargs: the other arguments every task shares (:class:`BaseTask`): ``weight_decay``, ``warmup_steps``
+                (AdamW with linear warm-up and decay), ``grad_checkpointing`` (recompute the UNet's activations
+                in backward: diffusers' own checkpointing). ``train_unet`` stands for ``freeze_backbone``; no
+                ``poly_power``, ``mean``, ``std``, ``extra_band_init``.
         """
         if not 0 <= condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         if kind not in ("image", "video", "multiview"):
             raise ValueError(f"kind must be 'image', 'video' or 'multiview', got {kind!r}")
-        super().__init__()
+        super().__init__(lr=lr, poly_power=UNUSED, mean=UNUSED, std=UNUSED, extra_band_init=UNUSED,
+                         freeze_backbone=UNUSED, **kwargs)
 
     # ---- models ------------------------------------------------------------------------------------------
     def backbone_weights(self) -> str | None:

@@ -43,7 +43,7 @@ from torchmetrics import Metric
 from vadapt.adapters import AdapterConfig
 from vadapt.contracts import TaskCapabilities
 
-from .base import BaseTask
+from .base import UNUSED, BaseTask
 
 CategoryParts = Mapping[int, Sequence[int]] | Sequence[Sequence[int]]
 
@@ -282,13 +282,10 @@ class PartSegmentationTask(BaseTask):
         head_dims: list[int] | None = None,
         head_dropout: float = 0.5,
         label_smoothing: float = 0.0,
+        preview_clouds: int = 4,
         lr: float = 2e-4,
         weight_decay: float = 0.05,
-        warmup_steps: int = 0,
-        poly_power: float = 1.0,
-        freeze_backbone: bool = True,
-        grad_checkpointing: bool = False,
-        preview_clouds: int = 4,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -309,11 +306,13 @@ class PartSegmentationTask(BaseTask):
             head_dims: hidden widths of the point-wise head (``None`` = official ``[512, 256]``).
             head_dropout: dropout after the head's first layer (0.5).
             label_smoothing: of the cross-entropy (0, as the official).
-            lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay (the
-                official segmentation trains with AdamW, lr 2e-4, weight decay 0.05, cosine schedule).
-            freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, as the official).
-            grad_checkpointing: recompute adapted blocks in backward to save memory.
             preview_clouds: validation clouds drawn in the per-epoch picture (0 = none).
+            lr, weight_decay: :class:`BaseTask`'s (AdamW) with the official segmentation's values (2e-4, 0.05; it
+                decays on a cosine schedule, here the poly one).
+            kwargs: the other arguments every task shares (:class:`BaseTask`): ``warmup_steps``, ``poly_power``
+                (linear warm-up then poly decay), ``freeze_backbone`` (``False``: full fine-tuning, as the
+                official), ``grad_checkpointing``. Point clouds have no bands: no ``mean``, ``std``,
+                ``extra_band_init``.
         """
         if num_parts < 1:
             raise ValueError(f"num_parts must be at least 1, got {num_parts}")
@@ -325,7 +324,7 @@ class PartSegmentationTask(BaseTask):
         if parts is not None and num_categories > 0 and len(parts) > num_categories:
             raise ValueError(f"category_parts lists {len(parts)} categories but num_categories={num_categories}")
         part_mask(parts, len(parts or []), num_parts)  # part ids in range, else ValueError
-        super().__init__()
+        super().__init__(lr=lr, weight_decay=weight_decay, mean=UNUSED, std=UNUSED, extra_band_init=UNUSED, **kwargs)
 
     # ---- models ------------------------------------------------------------------------------------------
     @property

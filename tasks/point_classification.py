@@ -32,7 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vadapt.adapters import AdapterConfig
 from vadapt.contracts import TaskCapabilities
 
-from .base import BaseTask
+from .base import UNUSED, BaseTask
 
 #: Point-MAE's ``PointcloudScaleAndTranslate`` ranges, used by the test-time vote
 VOTE_SCALE: tuple[float, float] = (2 / 3, 3 / 2)
@@ -89,14 +89,11 @@ class PointClassificationTask(BaseTask):
         head_hidden: int = 256,
         head_dropout: float = 0.5,
         label_smoothing: float = 0.0,
-        lr: float = 5e-4,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 0,
-        poly_power: float = 1.0,
-        freeze_backbone: bool = True,
-        grad_checkpointing: bool = False,
         vote: int = 0,
         preview_clouds: int = 4,
+        lr: float = 5e-4,
+        weight_decay: float = 0.05,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -111,14 +108,14 @@ class PointClassificationTask(BaseTask):
                 head trains (linear-probe style, with Point-MAE's MLP head).
             head_hidden, head_dropout: width and dropout of the two hidden layers of the head (256, 0.5).
             label_smoothing: of the cross-entropy (0: Point-MAE's fine-tuning configs use none).
-            lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay (Point-MAE
-                fine-tunes with AdamW, lr 5e-4, weight decay 0.05).
-            freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, as the official
-                Point-MAE fine-tuning, or training from scratch with ``weights: null``).
-            grad_checkpointing: recompute adapted blocks in backward to save memory.
             vote: test-time voting: ``0`` tests one plain pass; ``n > 0`` averages the logits of ``n`` randomly
                 scaled, shifted and reordered passes (Point-MAE's ``test_vote`` uses 10). Test only.
             preview_clouds: validation clouds drawn in the per-epoch picture (0 = none).
+            lr, weight_decay: :class:`BaseTask`'s (AdamW) with Point-MAE's fine-tuning defaults (5e-4, 0.05).
+            kwargs: the other arguments every task shares (:class:`BaseTask`): ``warmup_steps``, ``poly_power``
+                (linear warm-up then poly decay), ``freeze_backbone`` (``False``: full fine-tuning, as the official
+                Point-MAE fine-tuning, or training from scratch with ``weights: null``), ``grad_checkpointing``.
+                Point clouds have no bands: no ``mean``, ``std``, ``extra_band_init``.
         """
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
@@ -128,7 +125,7 @@ class PointClassificationTask(BaseTask):
             raise ValueError(f"vote must be >= 0 (0 = no test-time voting), got {vote}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        super().__init__()
+        super().__init__(lr=lr, weight_decay=weight_decay, mean=UNUSED, std=UNUSED, extra_band_init=UNUSED, **kwargs)
 
     # ---- models ------------------------------------------------------------------------------------------
     def backbone_options(self) -> dict[str, Any]:

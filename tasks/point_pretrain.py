@@ -42,7 +42,7 @@ from torch import nn
 from vadapt.backbones.point_mae import Block, gather_points
 from vadapt.contracts import TaskCapabilities
 
-from .base import BaseTask
+from .base import UNUSED, BaseTask
 
 #: keys of ``backbone.model`` that are not part of the pretrained encoder (official ``PointTransformer`` only)
 NOT_IN_ENCODER: tuple[str, ...] = ("cls_token", "cls_pos", "cls_head_finetune.")
@@ -145,12 +145,11 @@ class PointMAEPretrainTask(BaseTask):
         decoder_depth: int = 4,
         decoder_heads: int | None = None,
         decoder_drop_path: float = 0.1,
-        lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int | None = None,
         min_lr: float = 1e-6,
-        grad_checkpointing: bool = False,
         export_on_fit_end: bool = True,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -159,12 +158,15 @@ class PointMAEPretrainTask(BaseTask):
             mask_ratio: share of the groups masked per sample (``int(ratio * G)`` of them; official 0.6).
             decoder_depth, decoder_heads, decoder_drop_path: the decoder (official 4 blocks, 6 heads, 0.1);
                 ``decoder_heads`` null: as many heads as the encoder's blocks (6 for ``point_mae``).
-            lr, weight_decay: AdamW (official 1e-3, 0.05; no decay on biases, 1-d weights and tokens).
+            weight_decay: AdamW's (official 0.05; no decay on biases, 1-d weights and tokens).
             warmup_steps: linear warm-up steps before the cosine decay; ``None``: 1/30 of all steps (the official
                 10 warm-up epochs of 300).
             min_lr: the end of the cosine decay (official 1e-6).
-            grad_checkpointing: recompute the encoder blocks in backward to save memory.
             export_on_fit_end: write ``<log_dir>/point_mae_pretrain.pth`` (official format) when ``fit`` ends.
+            kwargs: the other arguments every task shares (:class:`BaseTask`): ``lr`` (AdamW's peak, official
+                1e-3), ``grad_checkpointing`` (recompute the encoder blocks in backward). The whole backbone
+                trains, on a cosine schedule, from points: no ``poly_power``, ``freeze_backbone``, ``mean``,
+                ``std``, ``extra_band_init``.
         """
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -172,7 +174,8 @@ class PointMAEPretrainTask(BaseTask):
             raise ValueError(f"decoder_depth and decoder_heads must be >= 1, got {decoder_depth}, {decoder_heads}")
         if warmup_steps is not None and warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0 or null, got {warmup_steps}")
-        super().__init__()
+        super().__init__(weight_decay=weight_decay, warmup_steps=warmup_steps, poly_power=UNUSED, mean=UNUSED,
+                         std=UNUSED, extra_band_init=UNUSED, freeze_backbone=UNUSED, **kwargs)
 
     # ---- models ------------------------------------------------------------------------------------------
     def configure_backbone(self) -> None:

@@ -3,11 +3,13 @@
 The image encoder is a registered SAM backbone (``sam_vit_b``, ...) or SAM 2 backbone (``sam2.1_hiera_b+``, ...)
 with any vadapt adapter; the prompt encoder and mask decoder come from the same official checkpoint file
 (``backbones.sam.build_sam_prompt_decoder``, ``backbones.sam2.build_sam2_prompt_decoder``). Each part is switched
-separately: ``prompt_encoder`` frozen or trained, ``mask_decoder`` frozen, norms only, trained or LoRA-adapted.
+separately: ``decoder.prompt_encoder`` frozen or trained, ``decoder.mask_decoder`` frozen, norms only, trained or
+LoRA-adapted. The task's settings of prompting, decoder and loss are grouped in the :class:`PromptingConfig`,
+:class:`DecoderConfig` and :class:`LossConfig` init args (:mod:`tasks.promptable_config`).
 
 Prompts follow SAM's conventions (see :mod:`vadapt.data.prompts`): points ``(x, y)`` in input pixels with labels
 1 (foreground), 0 (background), -1 (padding); boxes ``(x0, y0, x1, y1)``; a box row of NaN means "no box" for that
-sample. ``prompting`` chooses where prompts come from:
+sample. ``prompting.mode`` chooses where prompts come from:
 
 * ``"sampled"`` (default): training draws them from the ground-truth mask with
   :class:`~vadapt.data.prompts.PromptSampler` (points inside / outside, jittered boxes), as SAM-style fine-tuning
@@ -17,18 +19,18 @@ sample. ``prompting`` chooses where prompts come from:
   (four SPGen heads on SAM ViT: the final embedding and the frozen neck applied to the outputs of blocks 0, 4
   and 8, i.e. every 4th block but the last; their logits averaged) gives a coarse mask ``(B, 1, g, g)``; from it
 
-  - point prompts: the ``auto_points`` highest-scoring pixels of the coarse mask bilinearly upsampled to the
+  - point prompts: the ``prompting.auto_points`` highest-scoring pixels of the coarse mask bilinearly upsampled to the
     input as positives and the ``auto_points`` lowest as negatives (:func:`select_point_prompts`), through
     SAM's prompt encoder (which appends its padding point);
   - the "positional-semantic" prompt: the mean of the detached image embedding over the cells whose coarse
     probability is > 0.5 (:func:`masked_mean_embedding`), added to every decoder query before each two-way
     layer and to the final attention's queries, with masked token-to-image attention
-    (:func:`~tasks.sam_decoding.decode_masks`; ``masked_attention``).
+    (:func:`~tasks.sam_decoding.decode_masks`; ``prompting.masked_attention``).
 
-  The loss adds ``coarse_weight * (focal_weight * focal + dice_weight * dice)`` of the coarse logits
+  The loss adds ``coarse_weight * (focal_weight * focal + dice_weight * dice)`` (``loss``) of the coarse logits
   (bilinearly upsampled) against the mask, as MapSAM.
 * ``"learned"``: SALT's prompt-free mode (Elsayed et al., arXiv:2503.16055; official code
-  ``BioMedIA-MBZUAI/SALT``, ``model.py``): ``learned_tokens`` trainable sparse prompt tokens with SAM's
+  ``BioMedIA-MBZUAI/SALT``, ``model.py``): ``prompting.learned_tokens`` trainable sparse prompt tokens with SAM's
   "no mask" dense prompt. SALT feeds a frozen CLIP text embedding of the class name through a trainable
   ``Linear -> ReLU -> BatchNorm1d``; for one class that input is a constant, so the result is one learned
   vector, which we train directly (no CLIP model needed).
@@ -50,31 +52,42 @@ The image embedding is computed once per image and reused for many prompts: ``de
 :class:`ImageFeatures`, and ``predict_with_prompts`` keeps the last few images' features in an
 :class:`EmbeddingCache`.
 
-Loss: ``focal_weight * focal + dice_weight * dice`` on sigmoid logits, ignore pixels left out. The defaults
+Loss (``loss``): ``focal_weight * focal + dice_weight * dice`` on sigmoid logits, ignore pixels left out. The defaults
 0.2 / 0.8 are MapSAM's (official code); SAM itself trained with focal:dice = 20:1 (paper, Sec. 3 / App. A).
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vadapt.adapters import AdapterConfig
-from vadapt.bands import RGB, BandInit
+from vadapt.bands import RGB
 from vadapt.contracts import TaskCapabilities
-from vadapt.data.prompts import PromptSampler
 
-from .base import BaseTask
+from .base import UNUSED, BaseTask
+from .promptable_config import (
+    FLAT_ARGS,
+    DecoderConfig,
+    LossConfig,
+    PromptingConfig,
+    as_config,
+    group_flat_init_args,
+    prompting_mode,
+)
 from .sam_decoding import CoarseMaskGenerator, decode_masks
 
-PROMPTING = ("sampled", "automatic", "learned")
+#: the defaults of the grouped init args (frozen dataclasses: one instance is shared safely)
+DEFAULT_PROMPTING, DEFAULT_DECODER, DEFAULT_LOSS = PromptingConfig(), DecoderConfig(), LossConfig()
 
 
 @dataclass
@@ -203,7 +216,7 @@ def _check_prompts(batch: int, point_coords: Tensor | None, point_labels: Tensor
         raise ValueError(f"boxes must be (B={batch}, 4) (x0, y0, x1, y1) pixels, got {tuple(boxes.shape)}")
     if point_coords is None and boxes is None:
         raise ValueError("SAM needs a prompt: give point_coords/point_labels and/or boxes (prompt-free "
-                         "segmentation needs a task trained with prompting='automatic' or 'learned')")
+                         "segmentation needs a task trained with prompting.mode 'automatic' or 'learned')")
 
 
 class PromptableSegmentationTask(BaseTask):
@@ -217,11 +230,18 @@ class PromptableSegmentationTask(BaseTask):
 
     @classmethod
     def capabilities_for(cls, init_args: Mapping[str, Any]) -> TaskCapabilities:
-        """Prompted per image (``prompting="sampled"``), or prompt-free (automatic / learned) so that it also
-        segments whole images tile by tile (``vadapt infer``, the app's Segment tab)."""
-        if init_args.get("prompting", "sampled") == "sampled":
+        """Prompted per image (``prompting.mode`` ``"sampled"``), or prompt-free (automatic / learned) so that it
+        also segments whole images tile by tile (``vadapt infer``, the app's Segment tab). ``init_args`` grouped
+        or flat (``prompting: automatic``, checkpoints of earlier versions)."""
+        if prompting_mode(init_args) == "sampled":
             return TaskCapabilities("image", "class_map", prompts="required")
         return TaskCapabilities("image", "class_map", tiles=True, prompts="optional")
+
+    @classmethod
+    def upgrade_init_args(cls, init_args: Mapping[str, Any]) -> dict[str, Any]:
+        """The flat settings of earlier versions (``prompting: automatic``, ``auto_points``, ``mask_decoder``,
+        ``focal_weight``, ...) moved into ``prompting``, ``decoder`` and ``loss``."""
+        return group_flat_init_args(init_args)
 
     def __init__(
         self,
@@ -229,35 +249,16 @@ class PromptableSegmentationTask(BaseTask):
         weights: str | None = None,
         bands: tuple[str, ...] = RGB,
         adapter: AdapterConfig | None = None,
-        prompt_encoder: Literal["frozen", "train"] = "frozen",
-        mask_decoder: Literal["frozen", "norms", "train", "lora"] = "train",
-        decoder_lora_r: int = 4,
+        prompting: PromptingConfig = DEFAULT_PROMPTING,
+        decoder: DecoderConfig = DEFAULT_DECODER,
+        loss: LossConfig = DEFAULT_LOSS,
         foreground_class: int | None = None,
-        num_positive: int = 1,
-        num_negative: int = 0,
-        box_probability: float = 0.5,
-        box_jitter: float = 0.1,
-        focal_weight: float = 0.2,
-        dice_weight: float = 0.8,
-        multimask_output: bool = False,
         ignore_index: int | None = 255,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-2,
-        warmup_steps: int = 0,
-        poly_power: float = 1.0,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
         img_size: int | None = None,
-        extra_band_init: BandInit = "copy",
-        grad_checkpointing: bool = False,
         preview_images: int = 4,
         cache_size: int = 4,
-        prompting: Literal["sampled", "automatic", "learned"] = "sampled",
-        auto_points: int = 2,
-        coarse_weight: float = 1.0,
-        coarse_blocks: list[int] | None = None,
-        masked_attention: bool = True,
-        learned_tokens: int = 1,
+        lr: float = 1e-4,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -268,41 +269,55 @@ class PromptableSegmentationTask(BaseTask):
             bands: input band names, matched by name to the pretrained first layer.
             adapter: the image encoder's adapter (e.g. ``vadapt.adapters.QVDoraConfig`` as MapSAM,
                 ``vadapt.adapters.SaltConfig`` as SALT); ``None`` keeps the encoder as it is.
-            prompt_encoder: ``"frozen"`` or ``"train"``.
-            mask_decoder: ``"frozen"``, ``"norms"`` (only its LayerNorms train, as SALT's "norm" rule),
-                ``"train"`` (all of it, as MapSAM / SAMed) or ``"lora"`` (LoRA of rank ``decoder_lora_r`` on
-                the q/v projections of its two-way transformer).
+            prompting: where prompts come from: ``mode`` ``"sampled"``, ``"automatic"`` (MapSAM) or ``"learned"``
+                (SALT), and each mode's options (:class:`PromptingConfig`; module docstring).
+            decoder: what of the prompt encoder and mask decoder trains, multimask output (:class:`DecoderConfig`).
+            loss: focal, dice and coarse-mask loss weights (:class:`LossConfig`).
             foreground_class: the class id that is the object; ``None``: every class > 0 (binary masks).
-            num_positive, num_negative, box_probability, box_jitter: training prompts (``PromptSampler``).
-            focal_weight, dice_weight: loss weights (MapSAM 0.2 / 0.8; SAM's paper used 20:1 focal:dice).
-            multimask_output: decode SAM's three masks; training back-propagates the best one per sample (SAM).
             ignore_index: mask value left out of loss, metrics and prompts.
-            lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay.
-            mean, std: per-band input statistics (raw units); default: the backbone's RGB statistics.
             img_size: the square input size (default 1024, the official models'); inputs are padded to it.
-            extra_band_init: first-layer init of bands the pretrained model lacks.
-            grad_checkpointing: recompute adapted blocks in backward to save memory.
             preview_images: validation images drawn in the per-epoch picture (0 = none).
             cache_size: images whose features ``predict_with_prompts`` keeps.
-            prompting: ``"sampled"``, ``"automatic"`` (MapSAM) or ``"learned"`` (SALT); see module docstring.
-            auto_points: automatic prompting's positive and negative points, each (MapSAM 2).
-            coarse_weight: automatic prompting's weight of the coarse-mask loss (MapSAM 1).
-            coarse_blocks: SAM ViT blocks read by the extra coarse heads (default MapSAM's: every 4th block but
-                the last); not used by SAM 2.
-            masked_attention: automatic prompting's masked token-to-image attention (MapSAM: on).
-            learned_tokens: learned prompting's number of prompt tokens (SALT 1).
+            lr: :class:`BaseTask`'s (AdamW's peak learning rate) with a default of 1e-4.
+            kwargs: the other arguments every task shares (:class:`BaseTask`): ``weight_decay``, ``warmup_steps``,
+                ``poly_power`` (linear warm-up then poly decay), ``mean``, ``std`` (default: the backbone's RGB
+                statistics), ``extra_band_init``, ``grad_checkpointing``. The image encoder stays frozen (it
+                trains through ``adapter``): no ``freeze_backbone``.
         """
-        if prompting not in PROMPTING:
-            raise ValueError(f"prompting must be one of {PROMPTING}, got {prompting!r}")
-        for name, value in (("auto_points", auto_points), ("learned_tokens", learned_tokens),
-                            ("decoder_lora_r", decoder_lora_r)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name, value in (("focal_weight", focal_weight), ("dice_weight", dice_weight),
-                            ("coarse_weight", coarse_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        super().__init__()
+        prompting, decoder, loss = self._grouped(prompting, decoder, loss, kwargs)
+        super().__init__(lr=lr, freeze_backbone=UNUSED, **kwargs)
+
+    @staticmethod
+    def _grouped(prompting: Any, decoder: Any, loss: Any,
+                 kwargs: dict[str, Any]) -> tuple[PromptingConfig, DecoderConfig, LossConfig]:
+        """The three groups as configs, from any form :func:`~tasks.promptable_config.as_config` takes (the dicts
+        that hyperparameters store, too). Deprecated: the flat settings of earlier versions
+        (``prompting="automatic"``, ``mask_decoder="frozen"``, ...) still work from Python, taken out of
+        ``kwargs`` into their groups, with a warning; YAML configs take the groups only."""
+        flat = {name: kwargs.pop(name) for names in FLAT_ARGS.values() for name in names if name in kwargs}
+        if flat or isinstance(prompting, str):
+            old = ", ".join([*(["prompting"] if isinstance(prompting, str) else []), *flat])
+            warnings.warn(f"PromptableSegmentationTask's flat settings ({old}) are deprecated: give "
+                          "prompting=PromptingConfig(mode=...), decoder=DecoderConfig(...), loss=LossConfig(...)",
+                          DeprecationWarning, stacklevel=3)
+            grouped = group_flat_init_args({"prompting": prompting, "decoder": decoder, "loss": loss, **flat})
+            prompting, decoder, loss = grouped["prompting"], grouped["decoder"], grouped["loss"]
+        return as_config(PromptingConfig, prompting), as_config(DecoderConfig, decoder), as_config(LossConfig, loss)
+
+    @cached_property
+    def prompting_config(self) -> PromptingConfig:
+        """The ``prompting`` init arg."""
+        return as_config(PromptingConfig, self.hparams["prompting"])
+
+    @cached_property
+    def decoder_config(self) -> DecoderConfig:
+        """The ``decoder`` init arg."""
+        return as_config(DecoderConfig, self.hparams["decoder"])
+
+    @cached_property
+    def loss_config(self) -> LossConfig:
+        """The ``loss`` init arg."""
+        return as_config(LossConfig, self.hparams["loss"])
 
     # ---- models ------------------------------------------------------------------------------------------
     @property
@@ -316,13 +331,14 @@ class PromptableSegmentationTask(BaseTask):
         if self.family == "sam2":
             return {}  # Hiera adapts to any input size; img_size sizes the prompt encoder only
         options = super().backbone_options()
-        if hp["prompting"] == "automatic":
+        prompting = self.prompting_config
+        if prompting.mode == "automatic":
             from vadapt.backbones import BACKBONES
 
             depth = BACKBONES.get(hp["backbone"]).kwargs.get("depth", 12)
-            blocks = hp["coarse_blocks"] if hp["coarse_blocks"] is not None else mapsam_coarse_blocks(depth)
+            blocks = prompting.coarse_blocks if prompting.coarse_blocks is not None else mapsam_coarse_blocks(depth)
             if any(not -depth <= b < depth - 1 for b in blocks):
-                raise ValueError(f"coarse_blocks {blocks} must be blocks before the last of {depth}")
+                raise ValueError(f"prompting.coarse_blocks {blocks} must be blocks before the last of {depth}")
             options["out_indices"] = blocks
         return options
 
@@ -330,7 +346,7 @@ class PromptableSegmentationTask(BaseTask):
         from vadapt.backbones.sam import SamBackbone, build_sam_prompt_decoder
         from vadapt.backbones.sam2 import Sam2HieraBackbone
 
-        hp = self.hparams
+        hp, prompting = self.hparams, self.prompting_config
         if isinstance(self.backbone, SamBackbone):
             self._img_size = self.backbone.img_size
             self.register_buffer("no_mem_embed", None)  # SAM 2 only
@@ -340,11 +356,9 @@ class PromptableSegmentationTask(BaseTask):
             if self._img_size % self.backbone.pad_multiple:
                 raise ValueError(f"img_size {self._img_size} must be a multiple of {self.backbone.pad_multiple} "
                                  f"for {hp['backbone']}")
-            if hp["coarse_blocks"] is not None:
-                import warnings
-
-                warnings.warn("coarse_blocks is ignored by SAM 2 backbones (the coarse heads read the FPN levels)",
-                              stacklevel=2)
+            if prompting.coarse_blocks is not None:
+                warnings.warn("prompting.coarse_blocks is ignored by SAM 2 backbones (the coarse heads read the FPN "
+                              "levels)", stacklevel=2)
             from vadapt.backbones.sam2 import build_sam2_prompt_decoder
 
             parts = build_sam2_prompt_decoder(self.backbone, hp["weights"], img_size=self._img_size)
@@ -354,28 +368,23 @@ class PromptableSegmentationTask(BaseTask):
         else:
             raise ValueError(f"PromptableSegmentationTask needs a SAM or SAM 2 backbone (sam_vit_b, sam2.1_hiera_b+, "
                              f"..., sam_test, sam2_test), got {hp['backbone']!r}")
-        self._configure_trainable(hp["prompt_encoder"], hp["mask_decoder"])
-        self.sampler = PromptSampler(num_positive=hp["num_positive"], num_negative=hp["num_negative"],
-                                     box_probability=hp["box_probability"], box_jitter=hp["box_jitter"])
+        self._configure_trainable(self.decoder_config)
+        self.sampler = prompting.sampler()
         self.cache = EmbeddingCache(hp["cache_size"])
         channels = self.backbone.out_channels[-1]
         self.coarse_head = None
         self.prompt_tokens = None
-        if hp["prompting"] == "automatic":
+        if prompting.mode == "automatic":
             levels = len(self.backbone.out_channels)  # SAM: tapped blocks + final; SAM 2: FPN levels
             self.coarse_head = CoarseMaskGenerator(channels, levels)
-        elif hp["prompting"] == "learned":
-            self.prompt_tokens = nn.Parameter(torch.randn(1, hp["learned_tokens"], channels) * 0.02)
+        elif prompting.mode == "learned":
+            self.prompt_tokens = nn.Parameter(torch.randn(1, prompting.learned_tokens, channels) * 0.02)
 
-    def _configure_trainable(self, prompt_encoder: str, mask_decoder: str) -> None:
-        match prompt_encoder:
+    def _configure_trainable(self, decoder: DecoderConfig) -> None:
+        self.prompt_encoder.requires_grad_(decoder.prompt_encoder == "train")
+        match decoder.mask_decoder:
             case "frozen" | "train":
-                self.prompt_encoder.requires_grad_(prompt_encoder == "train")
-            case other:
-                raise ValueError(f"prompt_encoder must be 'frozen' or 'train', got {other!r}")
-        match mask_decoder:
-            case "frozen" | "train":
-                self.mask_decoder.requires_grad_(mask_decoder == "train")
+                self.mask_decoder.requires_grad_(decoder.mask_decoder == "train")
             case "norms":
                 for name, p in self.mask_decoder.named_parameters():
                     p.requires_grad_("norm" in name)
@@ -383,18 +392,16 @@ class PromptableSegmentationTask(BaseTask):
                 import peft
 
                 self.mask_decoder.requires_grad_(False)
-                r = self.hparams["decoder_lora_r"]
+                r = decoder.decoder_lora_r
                 config = peft.LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "v_proj"], bias="none")
                 peft.inject_adapter_in_model(config, self.mask_decoder, adapter_name="default")
                 for name, p in self.mask_decoder.named_parameters():
                     p.requires_grad_("lora_" in name)
-            case other:
-                raise ValueError(f"mask_decoder must be 'frozen', 'norms', 'train' or 'lora', got {other!r}")
 
     @property
     def automatic(self) -> bool:
-        """Prompt-free segmentation (``prompting`` ``"automatic"`` or ``"learned"``)."""
-        return self.hparams.get("prompting", "sampled") != "sampled"
+        """Prompt-free segmentation (``prompting.mode`` ``"automatic"`` or ``"learned"``)."""
+        return self.prompting_config.mode != "sampled"
 
     def configure_metrics(self) -> None:
         from torchmetrics import MetricCollection
@@ -430,7 +437,7 @@ class PromptableSegmentationTask(BaseTask):
                              "resize it (SAM's ResizeLongestSide) or set img_size")
         x = F.pad(self.normalise(images), (0, self.img_size - width, 0, self.img_size - height))
         maps = self.backbone(x)
-        automatic = self.hparams["prompting"] == "automatic"
+        automatic = self.prompting_config.mode == "automatic"
         if self.no_mem_embed is None:  # SAM: [tapped block outputs..., neck(final)]
             embedding = maps[-1]
             neck = self.backbone.model.neck
@@ -475,10 +482,11 @@ class PromptableSegmentationTask(BaseTask):
             boxes: ``(B, 4)`` ``(x0, y0, x1, y1)`` pixels; a NaN row means no box for that sample.
             size: the input ``(H, W)`` to crop to (default ``img_size``).
             coarse_logits: ``(B, 1, g, g)`` automatic prompting's coarse mask: adds MapSAM's masked-mean
-                embedding to the decoder's queries and (``masked_attention``) masks its cross-attention.
+                embedding to the decoder's queries and (``prompting.masked_attention``) masks its cross-attention.
 
         Returns:
-            mask logits ``(B, M, H, W)`` and predicted IoUs ``(B, M)``, ``M`` 3 with ``multimask_output`` else 1.
+            mask logits ``(B, M, H, W)`` and predicted IoUs ``(B, M)``, ``M`` 3 with ``decoder.multimask_output``
+            else 1.
         """
         if isinstance(features, Tensor):
             features = ImageFeatures(features)
@@ -487,6 +495,8 @@ class PromptableSegmentationTask(BaseTask):
         if not learned:
             _check_prompts(batch, point_coords, point_labels, boxes)
         size = size or (self.img_size, self.img_size)
+        masked_attention = self.prompting_config.masked_attention
+        pick = slice(1, None) if self.decoder_config.multimask_output else slice(0, 1)
         dense_pe = self.prompt_encoder.get_dense_pe()
         masks, ious = [], []
         for i in range(batch):  # prompts differ in length per sample (box or not): one sample per call
@@ -503,10 +513,9 @@ class PromptableSegmentationTask(BaseTask):
             target = coarse = None
             if coarse_logits is not None:
                 target = masked_mean_embedding(one.embedding, coarse_logits[i : i + 1])
-                coarse = coarse_logits[i : i + 1] if self.hparams["masked_attention"] else None
+                coarse = coarse_logits[i : i + 1] if masked_attention else None
             low, iou = decode_masks(self.mask_decoder, one.embedding, dense_pe, sparse, dense, one.high_res,
                                     target, coarse)
-            pick = slice(1, None) if self.hparams["multimask_output"] else slice(0, 1)
             masks.append(low[:, pick])
             ious.append(iou[:, pick])
         logits = F.interpolate(torch.cat(masks), size=(self.img_size, self.img_size), mode="bilinear",
@@ -517,7 +526,7 @@ class PromptableSegmentationTask(BaseTask):
                 boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(B, len(bands), H, W)`` raw values and prompts (see :meth:`decode`) -> (logits, iou predictions).
 
-        Prompt-free tasks (``prompting`` automatic or learned) segment without prompts
+        Prompt-free tasks (``prompting.mode`` automatic or learned) segment without prompts
         (:meth:`segment_automatic`)."""
         if self.automatic and point_coords is None and point_labels is None and boxes is None:
             logits, ious, *_ = self.segment_automatic(image)
@@ -529,14 +538,15 @@ class PromptableSegmentationTask(BaseTask):
         """Prompt-free prediction as two-class logits ``(B, 2, H, W)`` (background 0, object ``l``: a softmax
         gives ``sigmoid(l)``), the form ``vadapt infer`` blends; prompt-free tasks only."""
         if not self.automatic:
-            raise ValueError("class_logits needs prompting='automatic' or 'learned' (this task is prompted per image)")
+            raise ValueError("class_logits needs prompting.mode 'automatic' or 'learned' (this task is prompted per "
+                             "image)")
         logits = self(image)[0][:, :1]  # the first mask when multimask_output is on
         return torch.cat([torch.zeros_like(logits), logits], 1)
 
     def coarse_logits(self, features: ImageFeatures) -> Tensor:
         """Automatic prompting's coarse mask logits ``(B, 1, g, g)``."""
         if self.coarse_head is None:
-            raise ValueError("coarse masks need prompting='automatic'")
+            raise ValueError("coarse masks need prompting.mode 'automatic'")
         return self.coarse_head(list(features.levels))
 
     def segment_automatic(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
@@ -554,7 +564,7 @@ class PromptableSegmentationTask(BaseTask):
             empty = image.new_zeros(len(image), 0, 2)
             return logits, ious, None, empty, empty[..., 0].long()
         coarse = self.coarse_logits(features)
-        coords, labels = select_point_prompts(coarse, self.hparams["auto_points"], self.img_size, size)
+        coords, labels = select_point_prompts(coarse, self.prompting_config.auto_points, self.img_size, size)
         logits, ious = self.decode(features, coords, labels, None, size, coarse_logits=coarse)
         return logits, ious, coarse, coords, labels
 
@@ -603,7 +613,7 @@ class PromptableSegmentationTask(BaseTask):
         return fg & ~ignore, ignore
 
     def losses(self, logits: Tensor, target: Tensor, ignore: Tensor) -> Tensor:
-        """Per-sample, per-mask ``focal_weight * focal + dice_weight * dice``: ``(B, M)``."""
+        """Per-sample, per-mask ``focal_weight * focal + dice_weight * dice`` (``loss``): ``(B, M)``."""
         from torchvision.ops import sigmoid_focal_loss
 
         keep = (~ignore)[:, None].float()
@@ -613,7 +623,8 @@ class PromptableSegmentationTask(BaseTask):
         prob = logits.sigmoid() * keep
         inter = (prob * target).sum(dim=(-2, -1))
         dice = 1 - (2 * inter + 1) / (prob.sum(dim=(-2, -1)) + (target * keep).sum(dim=(-2, -1)) + 1)
-        return self.hparams["focal_weight"] * focal + self.hparams["dice_weight"] * dice
+        weights = self.loss_config
+        return weights.focal_weight * focal + weights.dice_weight * dice
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         target, ignore = self.targets(batch["mask"])
@@ -627,7 +638,7 @@ class PromptableSegmentationTask(BaseTask):
             if coarse is not None:  # MapSAM: the same loss on the coarse mask
                 coarse_up = F.interpolate(coarse, size=(self.img_size, self.img_size), mode="bilinear",
                                           align_corners=False)[..., : image.shape[-2], : image.shape[-1]]
-                loss = loss + self.hparams["coarse_weight"] * self.losses(coarse_up, target, ignore).mean()
+                loss = loss + self.loss_config.coarse_weight * self.losses(coarse_up, target, ignore).mean()
             return self._score_and_log(stage, loss, image, logits, best, target, ignore, coords, labels, boxes)
         generator = None if stage == "train" else torch.Generator().manual_seed(0)  # fixed prompts for eval
         prompts = self.sampler(target, generator=generator, ignore=ignore)

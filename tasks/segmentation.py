@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vadapt.adapters import AdapterConfig
-from vadapt.bands import RGB, BandInit
+from vadapt.bands import RGB
 from vadapt.contracts import TaskCapabilities
 
 from .base import BaseTask
@@ -43,17 +43,9 @@ class SemanticSegmentationTask(BaseTask):
         head_channels: int = 256,
         ignore_index: int | None = 255,
         class_weights: list[float] | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        warmup_steps: int = 0,
-        poly_power: float = 1.0,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
         img_size: int | None = None,
-        extra_band_init: BandInit = "copy",
-        grad_checkpointing: bool = False,
-        freeze_backbone: bool = True,
         preview_images: int = 4,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -67,18 +59,15 @@ class SemanticSegmentationTask(BaseTask):
                 multi-scale fusion) or ``"linear"`` (linear probe); ``head_channels`` is its width.
             ignore_index: mask value excluded from loss and metrics (255, as in mmsegmentation; None = none).
             class_weights: per-class cross-entropy weights (e.g. to counter a rare class); ``None``: equal.
-            lr, weight_decay, warmup_steps, poly_power: AdamW with linear warm-up then poly decay.
-            mean, std: per-band input statistics (raw units); default: pretraining RGB statistics.
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
-            extra_band_init: first-layer init of bands the pretrained model lacks.
-            grad_checkpointing: recompute adapted blocks in backward to save memory.
-            freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, or training from
-                scratch with ``weights: null``): the baselines adapters are compared with.
             preview_images: validation images drawn in the per-epoch picture (0 = none).
+            kwargs: the arguments every task shares (:class:`BaseTask`): ``lr``, ``weight_decay``,
+                ``warmup_steps``, ``poly_power`` (AdamW with linear warm-up then poly decay), ``mean``, ``std``,
+                ``extra_band_init``, ``freeze_backbone``, ``grad_checkpointing``.
         """
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
-        super().__init__()
+        super().__init__(**kwargs)
 
     def configure_head(self) -> None:
         hp = self.hparams

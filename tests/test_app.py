@@ -19,7 +19,7 @@ from vadapt.app.checkpoints import find_checkpoints, sidecar_weights
 from vadapt.app.prompts import MODES, PromptState, prompt_mask
 from vadapt.app.service import Demo
 from vadapt.checkpoint import save_adapter
-from vadapt.tasks import ChangeDetectionTask, PromptableSegmentationTask, SemanticSegmentationTask
+from vadapt.tasks import ChangeDetectionTask, DecoderConfig, PromptableSegmentationTask, SemanticSegmentationTask
 
 BANDS = ("blue", "green", "red", "nir")
 RGB = ("red", "green", "blue")
@@ -50,7 +50,7 @@ def ckpt_dir(tmp_path_factory) -> Path:
     _randomise(cd)
     save_adapter(cd, folder / "change.safetensors")
     torch.manual_seed(0)
-    source = PromptableSegmentationTask(backbone="sam_test", adapter=None, mask_decoder="frozen",
+    source = PromptableSegmentationTask(backbone="sam_test", adapter=None, decoder=DecoderConfig(mask_decoder="frozen"),
                                         mean=[120.0] * 3, std=[60.0] * 3)
     state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
     state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})

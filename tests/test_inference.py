@@ -451,8 +451,10 @@ def test_folding_is_undone_where_another_module_reads_the_convolution():
 
 def test_an_automatic_promptable_checkpoint_runs_over_a_folder(tmp_path):
     from vadapt.tasks import PromptableSegmentationTask
+    from vadapt.tasks.promptable_config import PromptingConfig
 
-    task = PromptableSegmentationTask(backbone="sam_test", prompting="automatic", mean=[0.5] * 3, std=[0.25] * 3)
+    task = PromptableSegmentationTask(backbone="sam_test", prompting=PromptingConfig(mode="automatic"),
+                                      mean=[0.5] * 3, std=[0.25] * 3)
     ckpt = save_adapter(task, tmp_path / "auto.safetensors")
     write_geotiff(tmp_path / "in" / "a.tif", random_image(40, 50, 0))
     with pytest.raises(ValueError, match="larger than this model's input size 64"):

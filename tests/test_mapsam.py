@@ -12,6 +12,7 @@ from vadapt.adapters import QVDoraConfig, SaltConfig
 from vadapt.checkpoint import save_adapter
 from vadapt.loading import load_task
 from vadapt.tasks import PromptableSegmentationTask
+from vadapt.tasks.promptable_config import DecoderConfig, PromptingConfig
 from vadapt.tasks.sam_decoding import CoarseMaskGenerator, _attend, decode_masks
 
 STATS = {"mean": [0.5] * 3, "std": [0.25] * 3}
@@ -84,7 +85,7 @@ def test_masked_attention_ignores_masked_keys_and_falls_back_when_all_are_masked
 
 
 def test_target_embedding_and_coarse_mask_change_the_decoding():
-    task = make_task(prompting="automatic").eval()
+    task = make_task(prompting=PromptingConfig(mode="automatic")).eval()
     with torch.no_grad():
         features = task.image_features(torch.rand(1, 3, 64, 64))
         sparse, dense = prompts(task, features)
@@ -109,20 +110,20 @@ def test_coarse_mask_generator_averages_its_heads():
 
 
 def test_mapsam_heads_read_every_fourth_block_through_the_neck():
-    task = make_task(prompting="automatic")  # sam_test has 2 blocks: block 0 is tapped
+    task = make_task(prompting=PromptingConfig(mode="automatic"))  # sam_test has 2 blocks: block 0 is tapped
     assert task.backbone.out_indices == (0,) and len(task.coarse_head.heads) == 2
     with torch.no_grad():
         features = task.image_features(torch.rand(1, 3, 40, 64))
     assert len(features.levels) == 2 and all(x.shape == (1, 32, 4, 4) for x in features.levels)
     torch.testing.assert_close(features.levels[-1], features.embedding)
     with pytest.raises(ValueError, match="coarse_blocks"):
-        make_task(prompting="automatic", coarse_blocks=[1])  # the last block is the embedding itself
+        make_task(prompting=PromptingConfig(mode="automatic", coarse_blocks=[1]))  # the last block is the embedding
 
 
 # ---- SAM 2 --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prompting", ["sampled", "automatic", "learned"])
 def test_sam2_promptable_task_shapes_and_training_step(prompting):
-    task = make_task("sam2_test", prompting=prompting)
+    task = make_task("sam2_test", prompting=PromptingConfig(mode=prompting))
     image = torch.rand(2, 3, 48, 64)
     with torch.no_grad():
         task.eval()
@@ -150,16 +151,17 @@ def test_sam2_img_size_must_fit_the_hiera_windows():
 # ---- SALT-style learned prompt ------------------------------------------------------------------------------
 def test_learned_prompt_with_salt_trains_salt_the_token_and_the_decoder_and_learns():
     torch.manual_seed(0)
-    norms = PromptableSegmentationTask(backbone="sam_test", adapter=SaltConfig(r=4, lora_r=4), prompting="learned",
-                                       mask_decoder="norms", **STATS)
+    learned = PromptingConfig(mode="learned")
+    norms = PromptableSegmentationTask(backbone="sam_test", adapter=SaltConfig(r=4, lora_r=4), prompting=learned,
+                                       decoder=DecoderConfig(mask_decoder="norms"), **STATS)
     trainable = {n for n, p in norms.named_parameters() if p.requires_grad}
     decoder = {n for n in trainable if n.startswith("mask_decoder.")}
     assert decoder and all("norm" in n for n in decoder)  # SALT's rule: the decoder's LayerNorms train
     assert {n.split(".")[0] for n in trainable} == {"backbone", "mask_decoder", "prompt_tokens"}
     assert norms.capabilities.prompts == "optional"
     # learning is checked with a trainable decoder: the tiny decoder's random frozen weights barely respond
-    task = PromptableSegmentationTask(backbone="sam_test", adapter=SaltConfig(r=4, lora_r=4), prompting="learned",
-                                      mask_decoder="train", **STATS)
+    task = PromptableSegmentationTask(backbone="sam_test", adapter=SaltConfig(r=4, lora_r=4), prompting=learned,
+                                      decoder=DecoderConfig(mask_decoder="train"), **STATS)
     frozen = {n: p.detach().clone() for n, p in task.named_parameters() if not p.requires_grad}
     losses = train_steps(task, square_batch(), 25)
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
@@ -182,10 +184,10 @@ def write_full_sam_weights(task: PromptableSegmentationTask, path) -> str:
 
 def test_adapter_files_leave_out_the_frozen_prompt_encoder_and_decoder(tmp_path):
     weights = write_full_sam_weights(make_task(adapter=None), tmp_path / "sam.pth")
-    frozen = make_task(weights=weights, mask_decoder="frozen")
+    frozen = make_task(weights=weights, decoder=DecoderConfig(mask_decoder="frozen"))
     keys = set(load_file(str(save_adapter(frozen, tmp_path / "frozen.safetensors"))))
     assert keys and not any(k.startswith(("mask_decoder.", "prompt_encoder.")) for k in keys)
-    norms = make_task(weights=weights, mask_decoder="norms")
+    norms = make_task(weights=weights, decoder=DecoderConfig(mask_decoder="norms"))
     with torch.no_grad():
         for p in norms.parameters():
             if p.requires_grad:

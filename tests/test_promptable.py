@@ -11,6 +11,7 @@ from vadapt.checkpoint import save_adapter
 from vadapt.loading import load_task
 from vadapt.tasks import EmbeddingCache, PromptableSegmentationTask
 from vadapt.tasks.promptable import masked_mean_embedding, select_point_prompts
+from vadapt.tasks.promptable_config import DecoderConfig, LossConfig, PromptingConfig
 
 SIZE = 64  # sam_test's img_size
 STATS = {"mean": [0.5] * 3, "std": [0.25] * 3}
@@ -55,7 +56,7 @@ def test_shapes(task, prompt):
 
 
 def test_multimask_output_gives_three_masks():
-    task = make_task(multimask_output=True).eval()
+    task = make_task(decoder=DecoderConfig(multimask_output=True)).eval()
     with torch.no_grad():
         logits, iou = task(torch.rand(1, 3, SIZE, SIZE), boxes=torch.tensor([[4.0, 4.0, 30.0, 40.0]]))
     assert logits.shape == (1, 3, SIZE, SIZE) and iou.shape == (1, 3)
@@ -83,9 +84,9 @@ def test_non_sam_backbone_and_bad_options_are_refused():
     with pytest.raises(ValueError, match="needs a SAM or SAM 2 backbone"):
         PromptableSegmentationTask(backbone="efficientnet_lite0_test", **STATS)
     with pytest.raises(ValueError, match="mask_decoder must be"):
-        make_task(mask_decoder="adapter")
+        make_task(decoder=DecoderConfig(mask_decoder="adapter"))
     with pytest.raises(ValueError, match="decoder_lora_r"):
-        make_task(decoder_lora_r=0)
+        make_task(decoder=DecoderConfig(decoder_lora_r=0))
 
 
 def trainable(task: PromptableSegmentationTask) -> set[str]:
@@ -94,8 +95,9 @@ def trainable(task: PromptableSegmentationTask) -> set[str]:
 
 def test_what_trains_is_configured():
     assert trainable(make_task()) == {"backbone", "mask_decoder"}
-    assert trainable(make_task(adapter=None, prompt_encoder="train", mask_decoder="frozen")) == {"prompt_encoder"}
-    lora = make_task(adapter=None, mask_decoder="lora", decoder_lora_r=2)
+    frozen_decoder = DecoderConfig(prompt_encoder="train", mask_decoder="frozen")
+    assert trainable(make_task(adapter=None, decoder=frozen_decoder)) == {"prompt_encoder"}
+    lora = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="lora", decoder_lora_r=2))
     names = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert names and all(n.startswith("mask_decoder.") and "lora_" in n for n in names)
     adapted = make_task()
@@ -104,7 +106,7 @@ def test_what_trains_is_configured():
 
 
 def test_training_moves_only_adapter_and_decoder_and_loss_falls():
-    task = make_task(box_probability=0.5, lr=3e-3)
+    task = make_task(prompting=PromptingConfig(box_probability=0.5), lr=3e-3)
     frozen = {n: p.detach().clone() for n, p in task.named_parameters() if not p.requires_grad}
     before_trainable = {n: p.detach().clone() for n, p in task.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
@@ -168,13 +170,13 @@ def test_embedding_cache_is_lru():
 
 def test_adapter_checkpoint_round_trip(tmp_path):
     # random frozen weights are not in the adapter file: write the tiny SAM's full weights, upstream format
-    source = make_task(adapter=None, mask_decoder="frozen")
+    source = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"))
     state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
     state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
     state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
     weights = tmp_path / "sam_test.pth"
     torch.save(state, weights)
-    task = make_task(weights=str(weights), mask_decoder="lora").eval()
+    task = make_task(weights=str(weights), decoder=DecoderConfig(mask_decoder="lora")).eval()
     torch.testing.assert_close(task.prompt_encoder.state_dict(), source.prompt_encoder.state_dict())
     with torch.no_grad():  # a "trained" adapter: random, non-zero adapter weights
         for p in task.parameters():
@@ -196,6 +198,9 @@ def test_encoder_only_weights_file_is_refused(tmp_path):
 
 
 # ---- automatic (MapSAM prompt-free) prompting -------------------------------------------------------------
+AUTOMATIC = PromptingConfig(mode="automatic")
+
+
 def test_select_point_prompts_picks_top_and_bottom_pixels_of_the_upsampled_map():
     coarse = torch.zeros(2, 1, 4, 4)
     coarse[0, 0, 1, 2], coarse[0, 0, 3, 0] = 5.0, -5.0  # peak in cell (row 1, col 2), trough in (3, 0)
@@ -223,21 +228,21 @@ def test_masked_mean_embedding():
 
 
 def test_automatic_forward_without_prompts():
-    task = make_task(prompting="automatic").eval()
+    task = make_task(prompting=AUTOMATIC).eval()
     assert task.capabilities.prompts == "optional" and make_task().capabilities.prompts == "required"
     with torch.no_grad():
         logits, iou = task(torch.rand(2, 3, 48, 56))
         _, _, coarse, coords, labels = task.segment_automatic(torch.rand(2, 3, 48, 56))
     assert logits.shape == (2, 1, 48, 56) and iou.shape == (2, 1)
     assert coarse.shape == (2, 1, SIZE // 16, SIZE // 16) and coords.shape == (2, 4, 2) and labels.shape == (2, 4)
-    with pytest.raises(ValueError, match="prompting must be"):
-        make_task(prompting="auto")
+    with pytest.raises(ValueError, match="PromptingConfig.mode must be"):
+        make_task(prompting=PromptingConfig(mode="auto"))
     with pytest.raises(ValueError, match="auto_points"):
-        make_task(prompting="automatic", auto_points=0)
+        make_task(prompting=PromptingConfig(mode="automatic", auto_points=0))
 
 
 def test_automatic_training_loss_falls_coarse_head_trains_encoder_frozen():
-    task = make_task(prompting="automatic")
+    task = make_task(prompting=AUTOMATIC)
     assert trainable(task) == {"backbone", "mask_decoder", "coarse_head"}
     encoder = {n: p.detach().clone() for n, p in task.backbone.named_parameters() if not p.requires_grad}
     head = {n: p.detach().clone() for n, p in task.coarse_head.named_parameters()}
@@ -255,13 +260,13 @@ def test_automatic_training_loss_falls_coarse_head_trains_encoder_frozen():
 
 
 def test_automatic_adapter_checkpoint_keeps_the_coarse_head(tmp_path):
-    source = make_task(adapter=None, mask_decoder="frozen")
+    source = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"))
     state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
     state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
     state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
     weights = tmp_path / "sam_test.pth"
     torch.save(state, weights)
-    task = make_task(weights=str(weights), prompting="automatic").eval()
+    task = make_task(weights=str(weights), prompting=AUTOMATIC).eval()
     with torch.no_grad():
         for p in task.parameters():
             if p.requires_grad:
@@ -272,3 +277,96 @@ def test_automatic_adapter_checkpoint_keeps_the_coarse_head(tmp_path):
     image = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(image), task(image))
+
+
+# ---- grouped settings: YAML, checkpoints, and the flat init args of earlier versions ----------------------------
+#: the settings of one automatic task as earlier versions took them: flat init args (none at its default)
+FLAT_SETTINGS = {"prompting": "automatic", "auto_points": 1, "masked_attention": False, "prompt_encoder": "train",
+                 "multimask_output": True, "focal_weight": 0.5, "dice_weight": 0.5, "coarse_weight": 2.0}
+GROUPED_SETTINGS = {"prompting": {"mode": "automatic", "auto_points": 1, "masked_attention": False},
+                    "decoder": {"prompt_encoder": "train", "multimask_output": True},
+                    "loss": {"focal_weight": 0.5, "dice_weight": 0.5, "coarse_weight": 2.0}}
+
+
+def grouped_configs() -> dict[str, object]:
+    return {"prompting": PromptingConfig(**GROUPED_SETTINGS["prompting"]),
+            "decoder": DecoderConfig(**GROUPED_SETTINGS["decoder"]), "loss": LossConfig(**GROUPED_SETTINGS["loss"])}
+
+
+def test_upgrade_init_args_groups_the_flat_settings_of_earlier_versions():
+    upgrade = PromptableSegmentationTask.upgrade_init_args
+    assert upgrade({"backbone": "sam_test", **FLAT_SETTINGS}) == {"backbone": "sam_test", **GROUPED_SETTINGS}
+    assert upgrade(GROUPED_SETTINGS) == GROUPED_SETTINGS  # grouped already: as it is
+    stored = {"class_path": "vadapt.tasks.promptable_config.DecoderConfig", "init_args": {"mask_decoder": "lora"}}
+    assert upgrade({"decoder": stored, "decoder_lora_r": 2})["decoder"] == {**stored, "init_args": {
+        "mask_decoder": "lora", "decoder_lora_r": 2}}
+    with pytest.raises(ValueError, match="auto_points given both flat"):
+        upgrade({"prompting": {"mode": "automatic", "auto_points": 3}, "auto_points": 1})
+    for init_args in ({"prompting": "learned"}, {"prompting": {"mode": "learned"}},
+                      {"prompting": {"class_path": "PromptingConfig", "init_args": {"mode": "learned"}}}):
+        assert PromptableSegmentationTask.capabilities_for(init_args).prompts == "optional"
+    assert PromptableSegmentationTask.capabilities_for({"prompting": {"num_positive": 2}}).prompts == "required"
+
+
+def test_grouped_settings_from_yaml_and_their_typos_are_named():
+    from vadapt.loading import build_task
+
+    path = "vadapt.tasks.PromptableSegmentationTask"
+    task = build_task(path, {"backbone": "sam_test", **STATS, **GROUPED_SETTINGS})
+    assert (task.prompting_config, task.decoder_config, task.loss_config) == tuple(grouped_configs().values())
+    assert task.hparams["lr"] == 1e-4 and task.hparams["weight_decay"] == 1e-2 and task.hparams["poly_power"] == 1.0
+    assert "freeze_backbone" not in task.hparams  # the encoder trains through its adapter only
+    with pytest.raises(Exception, match="auto_pionts"):
+        build_task(path, {"backbone": "sam_test", "prompting": {"mode": "automatic", "auto_pionts": 2}})
+    with pytest.raises(Exception, match="freeze_backbone"):
+        build_task(path, {"backbone": "sam_test", "freeze_backbone": False})
+
+
+def test_flat_settings_from_python_still_build_the_same_task_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="flat settings"):
+        flat = make_task(**FLAT_SETTINGS)
+    assert dict(flat.hparams) == dict(make_task(**grouped_configs()).hparams)
+
+
+def test_grouped_settings_round_trip_and_old_flat_checkpoints_load(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from vadapt.checkpoint import MANIFEST_KEY, read_manifest
+    from vadapt.loading import capabilities_of
+
+    source = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"))
+    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
+    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
+    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    weights = tmp_path / "sam_test.pth"
+    torch.save(state, weights)
+    task = make_task(weights=str(weights), **grouped_configs()).eval()
+    with torch.no_grad():
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    path = save_adapter(task, tmp_path / "adapter.safetensors")
+    manifest = read_manifest(path)
+    stored = {**vars(PromptingConfig()), **GROUPED_SETTINGS["prompting"]}
+    assert manifest["init_args"]["prompting"] == {"class_path": "vadapt.tasks.promptable_config.PromptingConfig",
+                                                  "init_args": stored}
+    image = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = task(image)
+    # an earlier version's file: the same tensors, the settings flat in init_args, no stored capabilities
+    old = {k: v for k, v in manifest.items() if k != "capabilities"}
+    old["init_args"] = {**{k: v for k, v in manifest["init_args"].items() if k not in GROUPED_SETTINGS},
+                        **FLAT_SETTINGS}
+    old_path = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old_path), metadata={MANIFEST_KEY: json.dumps(old)})
+    assert capabilities_of(read_manifest(old_path)) == task.capabilities
+    for file in (path, old_path):
+        loaded = load_task(file).eval()
+        assert (loaded.prompting_config, loaded.decoder_config, loaded.loss_config) == tuple(
+            grouped_configs().values())
+        with torch.no_grad():
+            logits, ious = loaded(image)
+        assert logits.shape == (2, 3, SIZE, SIZE)
+        assert torch.equal(logits, expected[0]) and torch.equal(ious, expected[1])

@@ -22,12 +22,16 @@ if TYPE_CHECKING:
 
 
 def build_task(class_path: str, init_args: dict[str, Any]):
-    """Instantiate a task (a ``BaseTask`` subclass) from its class path and init args."""
+    """Instantiate a task (a ``BaseTask`` subclass) from its class path and init args (those stored by an earlier
+    vadapt first go through the class's ``upgrade_init_args``)."""
     from jsonargparse import ArgumentParser
 
     from vadapt.adapters import enable_adapter_configs
     from vadapt.tasks.base import BaseTask
 
+    cls = known_task_classes().get(class_path)  # vadapt's own tasks: their stored arguments may need upgrading
+    if cls is not None:
+        init_args = cls.upgrade_init_args(init_args)
     enable_adapter_configs()
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--model", type=BaseTask)
