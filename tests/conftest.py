@@ -18,6 +18,18 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy second core (idle OpenMP threads spin; 3x
+    slower under load). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def scene_npz(tmp_path: Path) -> Path:
     """A 96×96 4-band scene whose mask is learnable from the bands: class = (nir > red) + bright."""

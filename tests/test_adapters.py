@@ -327,13 +327,7 @@ def upstream_name(key: str) -> str:
     return key.replace("base_layer.", "")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: intra-op threads only add contention on a shared CPU (3x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the table itself ------------------------------------------------------------------------------------------

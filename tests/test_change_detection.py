@@ -27,13 +27,7 @@ PEFTCD_CONFIGS = sorted((REPO / "configs").glob("peftcd_*.yaml"))
 LEVIR = REPO.parent / "shared" / "data" / "levir_cd"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster here, and immune to a busy second core (idle OpenMP threads spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_pairs(root: Path, names: list[str], size: int = 48, seed: int = 0) -> Path:
