@@ -26,6 +26,17 @@ class CheckpointInfo:
     bands: tuple[str, ...]
     class_names: tuple[str, ...] = field(default=())
     num_classes: int = 2
+    #: the folder the checkpoint was found under (``--checkpoints``): visitors see paths relative to it only
+    root: Path | None = None
+
+    def public(self, path: Path | None = None) -> str:
+        """``path`` (default: the checkpoint) as visitors may see it: relative to the checkpoint folder the app
+        was started with, never the server's absolute path."""
+        path = Path(path or self.path)
+        try:
+            return str(path.relative_to(self.root)) if self.root is not None else path.name
+        except ValueError:
+            return path.name
 
 
 def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
@@ -69,7 +80,7 @@ def describe(path: Path, root: Path, manifest: dict[str, Any]) -> CheckpointInfo
         names = tuple(f"class {i}" for i in range(num_classes))
     label = f"{shown} | {task} | {backbone} | {trainable:,} trainable"
     return CheckpointInfo(path, label, task, backbone, trainable, kinds, tuple(manifest["bands"]), names,
-                          num_classes)
+                          num_classes, root)
 
 
 def find_checkpoints(folders: list[Path]) -> tuple[list[CheckpointInfo], list[str]]:

@@ -373,7 +373,7 @@ def cli_command(info: CheckpointInfo) -> str:
 
     g = generation_info(info)
     base = sidecar_weights(info.path)
-    parts = ["vadapt generate", f"--checkpoint {info.path}", f"--weights {base}" if base else "",
+    parts = ["vadapt generate", f"--checkpoint {info.public()}", f"--weights {info.public(base)}" if base else "",
              '--prompt "a red cube"', f"--height {g.size} --width {g.size}",
              "--first-frame frame0.png" if g.kind == "video" and g.i2v else "",
              "--reference object.png" if g.kind == "multiview" and g.use_ref else "", "--output images/"]

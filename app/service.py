@@ -202,7 +202,7 @@ class Demo:
     def batch_help(self, label: str | None) -> str:
         """The `vadapt infer` command for a folder of images with the chosen checkpoint."""
         info = self.checkpoints.get(label or "")
-        ckpt = str(info.path) if info else "CHECKPOINT.safetensors"
+        ckpt = info.public() if info else "CHECKPOINT.safetensors"  # never the server's absolute path
         if info is not None and "generate" in info.kinds:  # diffusion adapters: `vadapt generate`
             from .generate import cli_command
 

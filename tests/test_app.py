@@ -277,6 +277,13 @@ def test_change_gives_a_mask_and_the_changed_share(demo, tmp_path):
     assert "--input-a before/" in demo.batch_help(label)
 
 
+def test_batch_tab_shows_no_server_paths(demo, ckpt_dir):
+    for label, info in demo.checkpoints.items():
+        command = demo.batch_help(label)
+        assert str(ckpt_dir.resolve()) not in command and str(info.path) not in command, command
+        assert f"--checkpoint {info.public()}" in command and not Path(info.public()).is_absolute(), command
+
+
 # ---- page and command ----------------------------------------------------------------------------------------
 def test_page_builds_offline_and_errors_are_short_messages(demo):
     import gradio as gr
