@@ -198,3 +198,11 @@ def test_shipped_demo_has_the_generation_checkpoints():
                     "resadapter_tiny.safetensors)")
     for name in demo_files.GENERATION:
         assert sidecar_weights(folder / name) is not None and Path(sidecar_weights(folder / name)).is_dir()
+
+
+def test_batch_command_names_no_server_path(demo, demo_dir):
+    folder = str(Path(demo_dir["folder"]).resolve())
+    for label in gen.choices(demo.checkpoints):
+        command = demo.batch_help(label)
+        assert command.startswith("vadapt generate --checkpoint ") and folder not in command, command
+        assert "--weights " in command  # the demo's bases live beside their adapters: named relative to them too
