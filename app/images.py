@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,19 +55,21 @@ def _canonical(name: str) -> str:
 
 
 def _georef(path: str) -> dict[str, Any] | None:
-    import rasterio
+    from vadapt.data.safe_open import open_raster
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with rasterio.open(path) as src:
-            if src.crs is None and src.transform.is_identity:
-                return None
-            return {"crs": src.crs, "transform": src.transform}
+    with open_raster(path, allow_vrt=False) as src:  # the data layer's opener: allowed drivers only
+        if src.crs is None and src.transform.is_identity:
+            return None
+        return {"crs": src.crs, "transform": src.transform}
 
 
 def load_image(path: str | Path, limits: Limits, file_bands: list[str] | None = None, scale: float = 1.0,
                name: str | None = None) -> LoadedImage:
     """Read an uploaded file: its size and pixel count are checked (from the header) before any pixel is read.
+
+    The file goes through the same reader as ``vadapt infer`` (:func:`vadapt.data.io.probe` / ``read_raw``):
+    GDAL's allowed drivers only, never a VRT or a ``/vsi`` / URL path (uploads are untrusted: no opt-in here),
+    ``.npy`` / ``.npz`` sizes from their headers, ``limits.max_pixels`` applied by the reader itself.
 
     Args:
         path: the upload's temporary file (never a path typed by a user).
@@ -77,7 +78,7 @@ def load_image(path: str | Path, limits: Limits, file_bands: list[str] | None = 
     Raises:
         AppError: unreadable file, limits exceeded, wrong number of ``file_bands``.
     """
-    from vadapt.data.io import DataError, probe, read_raw
+    from vadapt.data.io import DataError, LimitExceeded, probe, read_raw
 
     path = Path(path)
     name = name or path.name
@@ -85,7 +86,11 @@ def load_image(path: str | Path, limits: Limits, file_bands: list[str] | None = 
         raise AppError(f"no file received for {name}")
     limits.check_file_size(path.stat().st_size, name)
     try:
-        info = probe(path, "image", want_rgb=True)  # PIL: palette / grey images become RGB, RGB(A) stay
+        try:  # PIL: palette / grey images become RGB, RGB(A) stay
+            info = probe(path, "image", want_rgb=True, max_pixels=limits.max_pixels, allow_vrt=False)
+        except LimitExceeded as exc:
+            limits.check_image(exc.height, exc.width, 1, name)  # the demo's own wording when it is the pixels
+            raise
         limits.check_image(info.height, info.width, info.count, name)
         raw = read_raw(info)
     except DataError as exc:  # the message names the upload's temporary path: show the file's name only

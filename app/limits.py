@@ -15,7 +15,9 @@ class Limits:
 
     Attributes:
         max_upload_mb: largest uploaded file (enforced by Gradio's ``max_file_size`` and checked again here).
-        max_pixels: largest image (height x width), checked from the file header before any pixel is read.
+        max_pixels: largest image (height x width), checked from the file header before any pixel is read, by
+            the data layer's reader (``vadapt.data.io.probe(max_pixels=...)``, the check behind ``vadapt infer
+            --max-pixels``, whose default ``vadapt.data.safe_open.DEFAULT_MAX_PIXELS`` is far larger).
         max_bands: most bands in one image.
     """
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import re
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +29,27 @@ import numpy as np
 
 from vadapt.bands import RGB, canonical
 
+from .safe_open import (
+    DEFAULT_MAX_PIXELS,
+    DataError,
+    LimitExceeded,  # noqa: F401 - re-exported: the app tells a limit from other refusals
+    RefusedFile,  # noqa: F401 - re-exported
+    check_npz_member,
+    check_path,
+    check_pixels,
+    load_npz_arrays,
+    npy_header,
+    npz_keys,
+    open_raster,
+    vrt_allowed,
+)
+
 GDAL_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".jp2", ".img"})
 PIL_BAND_NAMES = {"R": "red", "G": "green", "B": "blue", "A": "alpha", "L": "gray", "I": "gray", "F": "gray",
                   "1": "gray", "P": "palette", "C": "cyan", "M": "magenta", "Y": "yellow", "K": "black"}
 COLORINTERP_NAMES = {"red", "green", "blue", "alpha", "gray"}
 NodataOption = float | Literal["file"] | None
 Window = tuple[int, int, int, int]  # (row, col, height, width)
-
-
-class DataError(ValueError):
-    """Bad input data or data config; the message is one sentence naming the file or the key."""
 
 
 def find_data_error(exc: BaseException) -> BaseException | None:
@@ -67,8 +77,8 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _npz_key(data, keys: Sequence[str]) -> str | None:
-    return next((k for k in keys if k in data.files), None)
+def _npz_key(files: Sequence[str], keys: Sequence[str]) -> str | None:
+    return next((k for k in keys if k in files), None)
 
 
 @dataclass(frozen=True)
@@ -84,49 +94,52 @@ class FileInfo:
     nodata: tuple[float | None, ...]
     scale: float = 1.0
     to_rgb: bool = False
+    allow_vrt: bool = False  # how the header was opened: read_raw opens the pixels the same way
 
 
-def _gdal_info(path: str) -> FileInfo:
-    import rasterio
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NotGeoreferencedWarning and friends
-        with rasterio.open(path) as src:
-            descriptions = tuple(src.descriptions)
-            names = tuple(descriptions) if all(descriptions) else None
-            if names is None:
-                interp = tuple(ci.name for ci in src.colorinterp)
-                if all(n in COLORINTERP_NAMES for n in interp) and len(set(interp)) == len(interp):
-                    names = interp
-            return FileInfo(path, "gdal", src.height, src.width, src.count, names, tuple(src.nodatavals))
+def _gdal_info(path: str, allow_vrt: bool, max_pixels: int | None) -> FileInfo:
+    with open_raster(path, allow_vrt) as src:
+        check_pixels(src.height, src.width, path, max_pixels)
+        descriptions = tuple(src.descriptions)
+        names = tuple(descriptions) if all(descriptions) else None
+        if names is None:
+            interp = tuple(ci.name for ci in src.colorinterp)
+            if all(n in COLORINTERP_NAMES for n in interp) and len(set(interp)) == len(interp):
+                names = interp
+        return FileInfo(path, "gdal", src.height, src.width, src.count, names, tuple(src.nodatavals),
+                        allow_vrt=allow_vrt)
 
 
-def _numpy_info(path: str, kind: str, role: str) -> FileInfo:
+def _numpy_info(path: str, kind: str, role: str, max_pixels: int | None) -> FileInfo:
+    """From the npy header(s) only: nothing is mapped or inflated before the limits are checked."""
     if kind == "npy":
-        arr = np.load(path, mmap_mode="r")
+        shape, _ = npy_header(path, max_pixels)
         names, scale, nodata = None, 1.0, None
     else:
-        with np.load(path) as data:
-            key = _npz_key(data, ("img", "image") if role == "image" else ("msk", "mask"))
-            if key is None:
-                raise DataError(f"{role} file {path} has no {'img' if role == 'image' else 'msk'} array "
-                                f"(it has {sorted(data.files)})")
-            arr = data[key]
-            names = tuple(str(b) for b in data["bands"]) if "bands" in data.files and role == "image" else None
-            scale = float(data["scale"]) if "scale" in data.files and role == "image" else 1.0
-            nodata = float(data["nodata"]) if "nodata" in data.files else None
-    if arr.ndim not in (2, 3):
-        raise DataError(f"{role} file {path} holds a {arr.ndim}-d array {arr.shape}; expected (H, W, C) or (H, W)")
-    count = 1 if arr.ndim == 2 else arr.shape[2]
-    return FileInfo(path, kind, arr.shape[0], arr.shape[1], count, names, (nodata,) * count, scale)
+        files = npz_keys(path)
+        key = _npz_key(files, ("img", "image") if role == "image" else ("msk", "mask"))
+        if key is None:
+            raise DataError(f"{role} file {path} has no {'img' if role == 'image' else 'msk'} array "
+                            f"(it has {sorted(files)})")
+        shape, _ = check_npz_member(path, key, max_pixels)
+        small = load_npz_arrays(path, ["bands", "scale", "nodata"], max_bytes=1 << 20)  # metadata: tiny
+        names = tuple(str(b) for b in small["bands"]) if "bands" in small and role == "image" else None
+        scale = float(small["scale"]) if "scale" in small and role == "image" else 1.0
+        nodata = float(small["nodata"]) if "nodata" in small else None
+    if len(shape) not in (2, 3):
+        raise DataError(f"{role} file {path} holds a {len(shape)}-d array {shape}; expected (H, W, C) or (H, W)")
+    check_pixels(shape[0], shape[1], path, max_pixels)
+    count = 1 if len(shape) == 2 else shape[2]
+    return FileInfo(path, kind, shape[0], shape[1], count, names, (nodata,) * count, scale)
 
 
-def _pil_info(path: str, want_rgb: bool) -> FileInfo:
+def _pil_info(path: str, want_rgb: bool, max_pixels: int | None) -> FileInfo:
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(path) as im:  # reads the header only; Pillow's own MAX_IMAGE_PIXELS check applies too
         mode, (width, height) = im.mode, im.size
         bands = im.getbands()
+    check_pixels(height, width, path, max_pixels)
     to_rgb = want_rgb and mode not in ("RGB", "RGBA")
     if to_rgb:
         names: tuple[str, ...] = RGB
@@ -135,18 +148,28 @@ def _pil_info(path: str, want_rgb: bool) -> FileInfo:
     return FileInfo(path, "pil", height, width, len(names), names, (None,) * len(names), to_rgb=to_rgb)
 
 
-def probe(path: str | Path, role: str = "image", want_rgb: bool = False) -> FileInfo:
-    """Read the header of ``path``; any failure is a ``DataError`` naming the file."""
+def probe(path: str | Path, role: str = "image", want_rgb: bool = False, *, max_pixels: int | None = None,
+          allow_vrt: bool | None = None) -> FileInfo:
+    """Read the header of ``path``; any failure is a ``DataError`` naming the file.
+
+    Rasters open through :func:`vadapt.data.safe_open.open_raster` (allowed GDAL drivers; VRT and ``/vsi`` /
+    URL paths only with ``allow_vrt``, default: ``VADAPT_ALLOW_VRT=1``); the declared size is checked against
+    ``max_pixels`` (default ``DEFAULT_MAX_PIXELS``), and ``.npz`` members against the load limits, from the
+    headers, before any pixel is read (a refusal is a ``LimitExceeded``, a ``DataError``).
+    """
     path = str(path)
-    if not Path(path).is_file():
+    allow = vrt_allowed(allow_vrt)
+    check_path(path, allow)
+    virtual = path.startswith("/vsi") or "://" in path  # allowed by now: GDAL reads it
+    if not virtual and not Path(path).is_file():
         raise DataError(f"{role} file not found: {path}")
-    kind = file_kind(path)
+    kind = "gdal" if virtual else file_kind(path)
     try:
         if kind == "gdal":
-            return _gdal_info(path)
+            return _gdal_info(path, allow, max_pixels)
         if kind in ("npy", "npz"):
-            return _numpy_info(path, kind, role)
-        return _pil_info(path, want_rgb)
+            return _numpy_info(path, kind, role, max_pixels)
+        return _pil_info(path, want_rgb, max_pixels)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - every reader error becomes one clear sentence
@@ -161,13 +184,10 @@ def read_raw(info: FileInfo, window: Window | None = None, indexes: Sequence[int
     idx = list(range(info.count)) if indexes is None else list(indexes)
     try:
         if info.kind == "gdal":
-            import rasterio
             from rasterio.windows import Window as RioWindow
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with rasterio.open(path) as src:
-                    arr = src.read([i + 1 for i in idx], window=RioWindow(x, y, w, h))
+            with open_raster(path, info.allow_vrt) as src:
+                arr = src.read([i + 1 for i in idx], window=RioWindow(x, y, w, h))
             return np.moveaxis(arr, 0, -1)
         if info.kind == "npy":
             arr = np.load(path, mmap_mode="r")
@@ -186,15 +206,34 @@ def read_raw(info: FileInfo, window: Window | None = None, indexes: Sequence[int
         if arr.ndim == 2:
             arr = arr[:, :, None]
         return np.array(arr[y : y + h, x : x + w][:, :, idx])
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cannot read {role} file {path}: {_reason(exc)}") from exc
+        what = f"rows {y}..{y + h - 1}" if window is not None else "its pixels"
+        raise DataError(f"cannot read {role} file {path}: reading {what} failed, the file is probably truncated "
+                        f"or corrupt ({_read_reason(exc)})") from exc
+
+
+def _read_reason(exc: BaseException) -> str:
+    """The most telling message of ``exc`` and its causes (rasterio says "see previous exception" and keeps
+    GDAL's own words in ``__cause__``)."""
+    texts = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = _reason(exc)
+        if "previous exception" not in text.lower() and text not in texts:
+            texts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return "; ".join(texts[:2]) or "no reason given"
 
 
 @functools.lru_cache(maxsize=8)
 def _npz_array(path: str, role: str, mtime: int) -> np.ndarray:
-    """The image or mask array of an ``.npz`` file (cached: windows of one scene are read many times)."""
-    with np.load(path) as data:
-        arr = data[_npz_key(data, ("img", "image") if role == "image" else ("msk", "mask"))]
+    """The image or mask array of an ``.npz`` file (cached: windows of one scene are read many times); its
+    size was checked from the header by ``probe`` (and is again here, still before inflating)."""
+    key = _npz_key(npz_keys(path), ("img", "image") if role == "image" else ("msk", "mask"))
+    arr = load_npz_arrays(path, [key], max_pixels=2**62)[key]  # pixels: probe's limit applied already
     arr.flags.writeable = False
     return arr
 
@@ -217,11 +256,13 @@ class BandReader:
             NaN is always nodata.
         nodata_rule: a pixel is nodata when ``"all"`` (or ``"any"``) of its selected bands equal the nodata value.
         nodata_fill: value written into the image at nodata pixels (they are ignored in the mask).
+        max_pixels: largest image (height x width, from the header) read; default ``DEFAULT_MAX_PIXELS``.
+        allow_vrt: read GDAL VRTs and ``/vsi`` / URL paths; default: the ``VADAPT_ALLOW_VRT`` environment variable.
     """
 
     def __init__(self, bands: Sequence[str], file_bands: Sequence[str] | None = None, scale: float = 1.0,
                  nodata: NodataOption = "file", nodata_rule: Literal["all", "any"] = "all",
-                 nodata_fill: float = 0.0) -> None:
+                 nodata_fill: float = 0.0, max_pixels: int | None = None, allow_vrt: bool | None = None) -> None:
         from vadapt.bands import check_bands
 
         try:
@@ -238,10 +279,12 @@ class BandReader:
             raise DataError(f"nodata must be 'file', a number or null, got {nodata!r}")
         self.scale, self.nodata, self.nodata_rule, self.nodata_fill = float(scale), nodata, nodata_rule, nodata_fill
         self.want_rgb = all(b in RGB for b in self.bands)
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+        self.allow_vrt = allow_vrt
 
     def info(self, path: str | Path) -> tuple[FileInfo, list[int]]:
         """Header of ``path`` and the indexes of the configured bands in it; mismatches are ``DataError``."""
-        info = probe(path, "image", self.want_rgb)
+        info = probe(path, "image", self.want_rgb, max_pixels=self.max_pixels, allow_vrt=self.allow_vrt)
         names = info.names
         if info.kind == "pil" and info.to_rgb:
             names = RGB  # converted; file_bands does not apply to a colour conversion
@@ -459,11 +502,11 @@ class MaskDecoder:
 class MaskReader:
     """Reads mask files (any supported format) by window and decodes them with a ``MaskDecoder``."""
 
-    def __init__(self, decoder: MaskDecoder) -> None:
-        self.decoder = decoder
+    def __init__(self, decoder: MaskDecoder, max_pixels: int | None = None, allow_vrt: bool | None = None) -> None:
+        self.decoder, self.max_pixels, self.allow_vrt = decoder, max_pixels, allow_vrt
 
     def info(self, path: str | Path) -> FileInfo:
-        info = probe(path, "mask")
+        info = probe(path, "mask", max_pixels=self.max_pixels, allow_vrt=self.allow_vrt)
         problem = self.decoder.channels_ok(info.count)
         if problem:
             raise DataError(f"mask {path} {problem}")

@@ -20,24 +20,30 @@ from torch.utils.data import DataLoader, Dataset
 from vadapt.bands import select_bands
 
 from .base import augment_pair
+from .safe_open import load_npz_arrays, npz_keys
 
 
 def load_scene(
     path: str | Path, bands: Sequence[str], file_bands: Sequence[str] | None = None,
     label_map: dict[int, int] | None = None, ignore_index: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read one scene: image ``(H, W, len(bands))`` float32 and mask ``(H, W)`` int64 class ids."""
-    with np.load(path) as data:
-        for key in ("img", "msk"):
-            if key not in data:
-                raise ValueError(f"{path} has no {key!r} array (found {sorted(data.files)})")
-        names = [str(b) for b in data["bands"]] if "bands" in data else file_bands
-        if names is None:
-            raise ValueError(f"{path} does not name its bands: add a `bands` array or set file_bands")
-        image = select_bands(data["img"], names, bands).astype(np.float32)
-        if "scale" in data:
-            image *= np.float32(data["scale"])
-        mask = data["msk"].reshape(data["msk"].shape[:2]).astype(np.int64)
+    """Read one scene: image ``(H, W, len(bands))`` float32 and mask ``(H, W)`` int64 class ids.
+
+    Member sizes are checked from their npy headers (pixel limit, load limit, compression bombs: see
+    :mod:`vadapt.data.safe_open`) before anything is inflated; pickles are never loaded.
+    """
+    files = npz_keys(path)
+    for key in ("img", "msk"):
+        if key not in files:
+            raise ValueError(f"{path} has no {key!r} array (found {sorted(files)})")
+    data = load_npz_arrays(path, ["img", "msk", "bands", "scale"])
+    names = [str(b) for b in data["bands"]] if "bands" in data else file_bands
+    if names is None:
+        raise ValueError(f"{path} does not name its bands: add a `bands` array or set file_bands")
+    image = select_bands(data["img"], names, bands).astype(np.float32)
+    if "scale" in data:
+        image *= np.float32(data["scale"])
+    mask = data["msk"].reshape(data["msk"].shape[:2]).astype(np.int64)
     if image.shape[:2] != mask.shape:
         raise ValueError(f"{path}: image {image.shape[:2]} and mask {mask.shape} differ in size")
     if label_map is not None:

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vadapt.data.io import BandReader, DataError, FileInfo
+from vadapt.data.safe_open import open_raster
 from vadapt.tiling import Blend, RowBlender, tile_grid
 from vadapt.visualize import PALETTE, overlay, rgb_composite
 
@@ -150,19 +151,13 @@ class TileStream(IterableDataset):
 def _georeference(info: FileInfo) -> dict[str, Any] | None:
     if info.kind != "gdal":
         return None
-    import warnings
-
-    import rasterio
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with rasterio.open(info.path) as src:
-            if src.crs is None and src.transform.is_identity and not src.gcps[0]:
-                return None
-            geo: dict[str, Any] = {"crs": src.crs, "transform": src.transform}
-            if src.gcps[0]:
-                geo = {"gcps": src.gcps[0], "crs": src.gcps[1]}
-            return geo
+    with open_raster(info.path, info.allow_vrt) as src:  # the drivers and options probe opened it with
+        if src.crs is None and src.transform.is_identity and not src.gcps[0]:
+            return None
+        geo: dict[str, Any] = {"crs": src.crs, "transform": src.transform}
+        if src.gcps[0]:
+            geo = {"gcps": src.gcps[0], "crs": src.gcps[1]}
+        return geo
 
 
 def class_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -475,6 +470,7 @@ def infer(
     report = InferReport()
     jobs, failures, report.ignored = find_jobs(output, input, input_a, input_b, opts.format, opts.probabilities,
                                                opts.overlay)
+    nothing = not jobs  # no image at all, in any shard (a shard may be empty when files are few)
     jobs, failures = jobs[opts.shard_index :: opts.num_shards], failures[opts.shard_index :: opts.num_shards]
     report.failed += failures
     todo = []
@@ -484,6 +480,13 @@ def infer(
             report.skipped.append(job.name)
         else:
             todo.append(job)
+    if nothing:  # before loading the model: nothing to read
+        where = input if input is not None else f"{input_a} / {input_b}"
+        notes = [f"{len(report.ignored)} files without an image suffix ignored"] if report.ignored else []
+        if report.failed:
+            write_report(report, output, opts.num_shards, opts.shard_index)
+            notes.append(f"{len(report.failed)} failed, e.g. {report.failed[0][0]}: {report.failed[0][1]}")
+        raise DataError(f"no input images to predict in {where}" + (f" ({'; '.join(notes)})" if notes else ""))
 
     predictor = Predictor(load_task(checkpoint, opts.weights), opts.device, opts.merge, opts.precision,
                           fold_norms=opts.merge)
@@ -497,7 +500,8 @@ def infer(
     batch_size = opts.batch_size_on(device_type)
     model_threads = opts.model_threads_on(device_type, torch.get_num_threads())
     num_workers = opts.num_workers
-    reader = BandReader(predictor.bands, opts.file_bands, opts.scale)
+    reader = BandReader(predictor.bands, opts.file_bands, opts.scale, max_pixels=opts.max_pixels,
+                        allow_vrt=opts.allow_vrt)
     stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride)
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,

@@ -57,6 +57,10 @@ class InferOptions:
         blend: overlap blending: ramp (seamless) or mean (plain average, as mmsegmentation's slide mode).
         merge: fold LoRA/DoRA/SALT into the backbone weights and inference-mode batch norms into their
             convolutions first (faster, same predictions within float rounding).
+        max_pixels: largest input read (height x width, checked from the file header before any pixel is
+            read); larger files are reported as failed (default 2**34, about 131072 x 131072).
+        allow_vrt: also read GDAL VRT files and /vsi... or URL paths (a VRT can read other files on this
+            machine: only for inputs you trust; raw-file VRT bands stay disabled).
         progress: show a progress bar.
     """
 
@@ -77,6 +81,8 @@ class InferOptions:
     file_bands: tuple[str, ...] | None = None
     scale: float = 1.0
     blend: Blend = "ramp"
+    max_pixels: int = 2**34  # vadapt.data.safe_open.DEFAULT_MAX_PIXELS (not imported: no numpy here)
+    allow_vrt: bool = False
     # settings that are on by default: the command line has a flag that turns them off
     merge: bool = field(default=True, metadata={"flag": "--no-merge"})
     progress: bool = field(default=True, metadata={"flag": "--quiet"})
@@ -105,7 +111,7 @@ class InferOptions:
             _bad("tile", self.tile, "must be at least 1 pixel")
         if self.overlap is not None and not 0 <= self.overlap < self.tile:
             _bad("overlap", self.overlap, f"must be in [0, tile={self.tile})")
-        for name in ("batch_size", "model_threads", "num_shards"):
+        for name in ("batch_size", "model_threads", "num_shards", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 _bad(name, getattr(self, name), "must be at least 1")
         if self.num_workers < 0:
