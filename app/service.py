@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vadapt.data.registration import Grid, grid_mismatch
+
 from . import export, images, points, predict, prompts, render
 from .checkpoints import CheckpointInfo, ModelCache
 from .images import LoadedImage
@@ -189,6 +191,12 @@ class Demo:
         """Run a change-detection checkpoint on two uploaded images of the same size."""
         info = self.checkpoint(label, "change")
         before, after = self.image(before_id), self.image(after_id)
+        grids = [Grid.of(i.georef["crs"], i.georef["transform"], *i.shape) if i.georef else None
+                 for i in (before, after)]
+        problem = grid_mismatch(*grids, before.shape, after.shape)
+        if problem and not problem.startswith("different sizes"):  # sizes: the prediction's own message below
+            raise AppError(f"the two images do not lie on one pixel grid: {problem}; reproject one onto the other "
+                           "(vadapt infer --align does it for folders)")
         a = images.model_input(before, list(info.bands))
         b = images.model_input(after, list(info.bands))
         mask, percent = predict.change(self.models.predictor(info), a, b, before.invalid | after.invalid

@@ -277,6 +277,19 @@ def test_change_gives_a_mask_and_the_changed_share(demo, tmp_path):
     assert "--input-a before/" in demo.batch_help(label)
 
 
+def test_change_refuses_a_misregistered_pair_with_the_numbers(demo, tmp_path):
+    rng = np.random.default_rng(6)
+    image = rng.uniform(0, 255, (3, 40, 50))
+    before = write_geotiff(tmp_path / "before.tif", image, ("red", "green", "blue"))
+    after = write_geotiff(tmp_path / "after.tif", image, ("red", "green", "blue"))
+    with rasterio.open(after, "r+") as dst:  # the same pixels, 50 km further east
+        dst.transform = from_origin(350000, 5000000, 10, 10)
+    label = label_of(demo, "change.safetensors")
+    with pytest.raises(AppError, match=r"one pixel grid: grids shifted by \+5000.00 px in x"):
+        demo.change(demo.upload(str(before))[0], demo.upload(str(after))[0], label)
+    assert demo.change(demo.upload(str(before))[0], demo.upload(str(before))[0], label).percent >= 0
+
+
 def test_batch_tab_shows_no_server_paths(demo, ckpt_dir):
     for label, info in demo.checkpoints.items():
         command = demo.batch_help(label)

@@ -18,6 +18,7 @@ map of nodata pixels; masks as int64 ``(h, w)`` class ids (see ``MaskDecoder``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 
 from vadapt.bands import RGB, canonical
 
+from .registration import Grid
 from .safe_open import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -95,6 +97,9 @@ class FileInfo:
     scale: float = 1.0
     to_rgb: bool = False
     allow_vrt: bool = False  # how the header was opened: read_raw opens the pixels the same way
+    #: GDAL only: read through a WarpedVRT onto this grid (a change pair's "after" aligned to "before"; height and
+    #: width are then the grid's)
+    warp_to: Grid | None = None
 
 
 def _gdal_info(path: str, allow_vrt: bool, max_pixels: int | None) -> FileInfo:
@@ -176,6 +181,23 @@ def probe(path: str | Path, role: str = "image", want_rgb: bool = False, *, max_
         raise DataError(f"cannot read {role} file {path}: {_reason(exc)}") from exc
 
 
+@contextlib.contextmanager
+def _warped(src, grid: Grid | None) -> Iterator:
+    """``src`` itself, or a bilinear ``WarpedVRT`` of it on ``grid`` (built here from numbers, never read from a file;
+    pixels outside ``src`` get its nodata value, else 0)."""
+    if grid is None:
+        yield src
+        return
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(src, crs=CRS.from_wkt(grid.crs), transform=Affine(*grid.transform), width=grid.width,
+                   height=grid.height, resampling=Resampling.bilinear) as vrt:
+        yield vrt
+
+
 def read_raw(info: FileInfo, window: Window | None = None, indexes: Sequence[int] | None = None,
              role: str = "image") -> np.ndarray:
     """``(h, w, len(indexes))`` native-dtype values of ``info.path`` (all bands when ``indexes`` is None)."""
@@ -186,8 +208,8 @@ def read_raw(info: FileInfo, window: Window | None = None, indexes: Sequence[int
         if info.kind == "gdal":
             from rasterio.windows import Window as RioWindow
 
-            with open_raster(path, info.allow_vrt) as src:
-                arr = src.read([i + 1 for i in idx], window=RioWindow(x, y, w, h))
+            with open_raster(path, info.allow_vrt) as src, _warped(src, info.warp_to) as view:
+                arr = view.read([i + 1 for i in idx], window=RioWindow(x, y, w, h))
             return np.moveaxis(arr, 0, -1)
         if info.kind == "npy":
             arr = np.load(path, mmap_mode="r")

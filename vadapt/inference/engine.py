@@ -16,6 +16,7 @@ output folder, and the run goes on.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from vadapt.data.io import BandReader, DataError, FileInfo
+from vadapt.data.registration import Grid, grid_mismatch
 from vadapt.data.safe_open import open_raster
 from vadapt.tiling import Blend, RowBlender, tile_grid
 from vadapt.visualize import PALETTE, overlay, rgb_composite
@@ -90,8 +92,9 @@ class TileStream(IterableDataset):
     then ``("end", i)``, or ``("error", i, reason)`` as soon as something is wrong with the file."""
 
     def __init__(self, jobs: Sequence[Job], reader: BandReader, fill: Sequence[float], tile: int, stride: int,
-                 min_side: int = MIN_SIDE) -> None:
+                 min_side: int = MIN_SIDE, align: bool = False) -> None:
         self.jobs, self.reader, self.tile, self.stride, self.min_side = list(jobs), reader, tile, stride, min_side
+        self.align = align  # change pairs: warp the second image onto the first's grid instead of refusing
         self.fill = np.asarray(fill, dtype=np.float32)
 
     def __iter__(self) -> Iterator[tuple]:
@@ -104,7 +107,8 @@ class TileStream(IterableDataset):
         job = self.jobs[index]
         try:
             opened = [self.reader.info(path) for path in job.sources]
-            meta = self._check(job, [info for info, _ in opened])
+            meta, infos = self._check(job, [info for info, _ in opened])
+            opened = [(info, idx) for info, (_, idx) in zip(infos, opened)]
         except Exception as exc:  # noqa: BLE001 - DataError, or anything a reader library raises
             yield ("error", index, str(exc))
             return
@@ -135,17 +139,37 @@ class TileStream(IterableDataset):
         image, invalid = whole
         return image[y : y + h, x : x + w].copy(), invalid[y : y + h, x : x + w].copy()
 
-    def _check(self, job: Job, infos: list[FileInfo]) -> dict[str, Any]:
-        first = infos[0]
+    def _check(self, job: Job, infos: list[FileInfo]) -> tuple[dict[str, Any], list[FileInfo]]:
+        """The job's output metadata and the infos to read it with: a change pair must lie on one pixel grid
+        (size, CRS, geotransform), else it is refused with the numbers, or with ``align`` the second image is
+        read warped onto the first's grid."""
+        first, geo = infos[0], _georeference(infos[0])
+        grid = _grid(first, geo)
+        checked = [first]
         for other in infos[1:]:
-            if (other.height, other.width) != (first.height, first.width):
-                raise DataError(f"the pair {job.name} differs in size: {first.width}×{first.height} px "
-                                f"({first.path}) vs {other.width}×{other.height} px ({other.path})")
+            other_grid = _grid(other, _georeference(other))
+            problem = grid_mismatch(grid, other_grid, (first.height, first.width), (other.height, other.width))
+            if problem and self.align and grid is not None and other_grid is not None:
+                other = dataclasses.replace(other, warp_to=grid, height=first.height, width=first.width)
+            elif problem:
+                hint = (" (--align reprojects the second onto the first)" if grid and other_grid else
+                        " (--align needs both georeferenced)" if grid or other_grid else "")
+                raise DataError(f"the pair {job.name} does not lie on one pixel grid: {problem}: {first.path} vs "
+                                f"{other.path}{hint}")
+            checked.append(other)
         if min(first.height, first.width) < self.min_side:
             raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
                             f"{self.min_side} px per side")
-        return {"height": first.height, "width": first.width, "geo": _georeference(first),
+        meta = {"height": first.height, "width": first.width, "geo": geo,
                 "declares_nodata": any(v is not None for v in first.nodata)}
+        return meta, checked
+
+
+def _grid(info: FileInfo, geo: dict[str, Any] | None) -> Grid | None:
+    """The pixel grid of a georeferenced (by geotransform) input; None otherwise."""
+    if geo is None or "transform" not in geo:
+        return None
+    return Grid.of(geo["crs"], geo["transform"], info.height, info.width)
 
 
 def _georeference(info: FileInfo) -> dict[str, Any] | None:
@@ -502,7 +526,7 @@ def infer(
     num_workers = opts.num_workers
     reader = BandReader(predictor.bands, opts.file_bands, opts.scale, max_pixels=opts.max_pixels,
                         allow_vrt=opts.allow_vrt)
-    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride)
+    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride, align=opts.align)
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,
                         prefetch_factor=2 * batch_size if num_workers else None)

@@ -61,6 +61,8 @@ class InferOptions:
             read); larger files are reported as failed (default 2**34, about 131072 x 131072).
         allow_vrt: also read GDAL VRT files and /vsi... or URL paths (a VRT can read other files on this
             machine: only for inputs you trust; raw-file VRT bands stay disabled).
+        align: change detection: reproject each "after" image onto its "before" image's pixel grid (bilinear)
+            when their CRS, pixel size or origin differ, instead of refusing the pair.
         progress: show a progress bar.
     """
 
@@ -83,6 +85,7 @@ class InferOptions:
     blend: Blend = "ramp"
     max_pixels: int = 2**34  # vadapt.data.safe_open.DEFAULT_MAX_PIXELS (not imported: no numpy here)
     allow_vrt: bool = False
+    align: bool = False
     # settings that are on by default: the command line has a flag that turns them off
     merge: bool = field(default=True, metadata={"flag": "--no-merge"})
     progress: bool = field(default=True, metadata={"flag": "--quiet"})
