@@ -172,6 +172,22 @@ def test_infer_reports_hostile_files_and_goes_on(hostile_vrts, checkpoint, tmp_p
     assert "simple.tif" in report.done and "raw.tif" in dict(report.failed)
 
 
+def test_infer_reports_every_path_a_folder_holds(checkpoint, tmp_path):
+    from vadapt.inference import infer
+
+    folder = tmp_path / "scenes[2024]"  # an existing folder is taken literally, glob characters and all
+    folder.mkdir()
+    write_tif(folder / "good.tif", np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8))
+    (folder / "folder.tif").mkdir()
+    (folder / "broken.tif").symlink_to(tmp_path / "gone.tif")
+    (folder / "loop.tif").symlink_to(folder / "loop.tif")
+    report = infer(checkpoint, tmp_path / "out", input=str(folder), tile=32, num_workers=0, progress=False)
+    failed = dict(report.failed)
+    assert report.done == ["good.tif"] and set(failed) == {"folder.tif", "broken.tif", "loop.tif"}
+    assert "is a directory" in failed["folder.tif"] and "broken symlink" in failed["broken.tif"]
+    assert "symlink loop" in failed["loop.tif"]
+
+
 def test_infer_without_images_fails_before_loading_the_model(tmp_path):
     from vadapt.inference import infer
 

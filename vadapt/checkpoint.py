@@ -83,9 +83,13 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise AdapterCheckpointError(f"{path} is not a safetensors file ({exc})") from exc
     if MANIFEST_KEY not in metadata:
         raise AdapterCheckpointError(f"{path} is a safetensors file without a vadapt manifest")
-    manifest = json.loads(metadata[MANIFEST_KEY])
-    if manifest.get("format") != FORMAT:
-        raise AdapterCheckpointError(f"{path} has format {manifest.get('format')!r}; this vadapt reads {FORMAT}")
+    try:
+        manifest = json.loads(metadata[MANIFEST_KEY])
+    except json.JSONDecodeError as exc:
+        raise AdapterCheckpointError(f"{path} has a damaged vadapt manifest (not JSON: {exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise AdapterCheckpointError(f"{path} has format {found!r}; this vadapt reads {FORMAT}")
     return manifest
 
 

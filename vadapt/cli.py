@@ -10,14 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line for a bad argument (``error: ...``, exit code 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vadapt",
         description="Adapt frozen vision foundation models with a tiny number of trainable parameters.",
         epilog="Lightning subcommands take the usual LightningCLI options; see `vadapt fit --help`.",
@@ -237,17 +245,104 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a user's mistake (a missing or bad file, a bad value) is one ``error: ...`` line on
+    stderr and exit code 2, never a traceback (see :func:`user_error`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        run_lightning(argv)
-        return 0
+        return _answer_user_errors(run_lightning, argv)
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return 0
+    return _answer_user_errors(run_command, args)
+
+
+def _answer_user_errors(run: Callable[[Any], int | None], arg: Any) -> int:
+    try:
+        return run(arg) or 0
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise  # a bug: its traceback is what we need
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+#: modules whose exception classes mean "the user's file or value is wrong"; looked up in ``sys.modules`` only, so
+#: answering an error imports nothing (an exception of a module never imported cannot have been raised)
+USER_ERROR_CLASSES = (
+    ("vadapt.data.io", "DataError"),
+    ("vadapt.weights", "WeightsMismatchError"),
+    ("safetensors", "SafetensorError"),
+    ("yaml", "YAMLError"),
+    ("jsonargparse", "ArgumentError"),
+)
+MAX_ERROR_LINES = 8
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The message to show for ``exc`` when it is the user's mistake (a missing, unreadable or wrong file, a bad
+    value, a checkpoint vadapt refuses: ``AdapterCheckpointError`` and ``WeightsNotFoundError`` are among these),
+    or None for anything else. Long messages are cut to their first lines."""
+    kinds: list[type[BaseException]] = [FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                                        PermissionError, ValueError]
+    for module, name in USER_ERROR_CLASSES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            kinds.append(cls)
+    if not isinstance(exc, tuple(kinds)):
+        return None
+    if type(exc).__module__.startswith("jsonargparse") or isinstance(exc, argparse.ArgumentError):
+        text = _argument_report(str(exc))
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror and len(exc.args) == 2:
+        text = f"{exc.filename}: {exc.strerror}"  # raised by the OS, e.g. open(): "[Errno 2] No such ..."
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    lines = text.splitlines()
+    if len(lines) > MAX_ERROR_LINES:
+        lines = [*lines[:MAX_ERROR_LINES], f"... ({len(lines) - MAX_ERROR_LINES} more lines)"]
+    return "\n".join(lines)
+
+
+ARGUMENT_REPORT_NOISE = ("Does not validate", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>",
+                         "Given value")
+
+
+def _argument_report(text: str) -> str:
+    """jsonargparse's nested type-check report as one line: the keys and classes down to the cause."""
+    parts = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(ARGUMENT_REPORT_NOISE):
+            continue
+        if line.startswith('Parser key "') and line.endswith('":'):
+            line = line[len('Parser key "'):-2] + ":"
+        elif line.startswith("- Problem with given class_path '") and line.endswith("':"):
+            line = line[len("- Problem with given class_path '"):-2] + ":"
+        elif line.startswith('Parser key "'):
+            line = line[len('Parser key "'):].replace('":', ":", 1)
+        parts.append(line)
+    return " ".join(parts) or text
+
+
+def existing_file(path: str | None, flag: str) -> None:
+    """Refuse a ``flag`` naming no file before anything heavy is imported."""
+    if path is not None and not Path(path).is_file():
+        what = "is a folder, not a file" if Path(path).is_dir() else "not found"
+        raise FileNotFoundError(f"{flag.lstrip('-')} {what}: {path}")
+
+
+def output_folder(path: str, flag: str = "--output") -> None:
+    """Refuse an output folder that is an existing file before any work."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise NotADirectoryError(f"{flag} {path} is an existing file; give a folder")
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.command == "list":
         print(list_entries(args.what, args.all))
     elif args.command == "params":
+        existing_file(args.config, "--config")
         import torch
 
         from vadapt.loading import task_from_config_file
@@ -261,10 +356,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = task_from_config_file(args.config, weights=None).parameter_counts()
         print(json.dumps(counts) if args.json else format_table(counts))
     elif args.command == "stats":
+        existing_file(args.config, "--config")
         from vadapt.data.stats import print_band_stats
 
         print_band_stats(args.config, args.digits)
     elif args.command == "export":
+        existing_file(args.checkpoint, "--checkpoint")
+        if Path(args.output).is_dir():
+            raise IsADirectoryError(f"--output {args.output} is a folder; give the file to write")
         from vadapt.export import export
 
         for line in export(args.checkpoint, args.output, merge=args.merge, onnx=args.onnx,
@@ -288,35 +387,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from vadapt.checkpoint import AdapterCheckpointError
+    existing_file(args.checkpoint, "--checkpoint")
+    existing_file(args.config, "--config")
+    output_folder(args.output)
     from vadapt.inference.generate import generate
 
-    try:
-        report = generate(args.output, args.prompt, args.height, args.width, config=args.config,
-                          checkpoint=args.checkpoint, weights=args.weights, seed=args.seed,
-                          num_images=args.num_images, steps=args.steps, guidance=args.guidance,
-                          negative_prompt=args.negative_prompt, sampler=args.sampler, device=args.device,
-                          progress=not args.quiet, first_frame=args.first_frame, reference=args.reference,
-                          num_frames=args.num_frames, num_views=args.num_views, video_format=args.video_format,
-                          fps=args.fps)
-    except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = generate(args.output, args.prompt, args.height, args.width, config=args.config,
+                      checkpoint=args.checkpoint, weights=args.weights, seed=args.seed,
+                      num_images=args.num_images, steps=args.steps, guidance=args.guidance,
+                      negative_prompt=args.negative_prompt, sampler=args.sampler, device=args.device,
+                      progress=not args.quiet, first_frame=args.first_frame, reference=args.reference,
+                      num_frames=args.num_frames, num_views=args.num_views, video_format=args.video_format,
+                      fps=args.fps)
     print(report.summary())
     return 0
 
 
 def run_predict_points(args: argparse.Namespace) -> int:
-    from vadapt.checkpoint import AdapterCheckpointError
+    existing_file(args.checkpoint, "--checkpoint")
+    output_folder(args.output)
     from vadapt.inference.points import predict_points
 
-    try:
-        report = predict_points(args.checkpoint, args.input, args.output, num_points=args.num_points,
-                                weights=args.weights, batch_size=args.batch_size, format=args.format,
-                                category=args.category, device=args.device, overwrite=args.overwrite)
-    except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = predict_points(args.checkpoint, args.input, args.output, num_points=args.num_points,
+                            weights=args.weights, batch_size=args.batch_size, format=args.format,
+                            category=args.category, device=args.device, overwrite=args.overwrite)
     print(report.summary())
     if report.failed:
         print(f"{len(report.failed)} failed: see {Path(args.output) / 'failed.csv'}", file=sys.stderr)
@@ -324,15 +418,11 @@ def run_predict_points(args: argparse.Namespace) -> int:
 
 
 def run_make_shapes(args: argparse.Namespace) -> int:
-    from vadapt.data.io import DataError
+    output_folder(args.output)
     from vadapt.data.shapes import make_shapes
 
-    try:
-        done = make_shapes(args.output, classes=args.classes, per_class=args.per_class, points=args.points,
-                           seed=args.seed, parts=not args.no_parts, format=args.format)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    done = make_shapes(args.output, classes=args.classes, per_class=args.per_class, points=args.points,
+                       seed=args.seed, parts=not args.no_parts, format=args.format)
     parts = f", {done['num_parts']} part labels" if done["num_parts"] else ""
     print(f"wrote {len(done['classes'])} classes x ({done['train']} train + {done['test']} test) clouds of "
           f"{done['points']} points{parts} to {done['output']}")
@@ -340,38 +430,32 @@ def run_make_shapes(args: argparse.Namespace) -> int:
 
 
 def run_pretrain_points(args: argparse.Namespace) -> int:
-    from vadapt.data.io import DataError
     from vadapt.tasks.point_pretrain import pretrain_points
 
-    try:
-        path = pretrain_points(args.data, args.output, backbone=args.backbone, epochs=args.epochs,
-                               batch_size=args.batch_size, points=args.points, lr=args.lr,
-                               num_workers=args.num_workers)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    path = pretrain_points(args.data, args.output, backbone=args.backbone, epochs=args.epochs,
+                           batch_size=args.batch_size, points=args.points, lr=args.lr, num_workers=args.num_workers)
     print(f"pretrained encoder: {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
 def run_pretrain_diffusion(args: argparse.Namespace) -> int:
-    from vadapt.data.io import DataError
+    output_folder(args.output)
     from vadapt.tasks.diffusion_pretrain import pretrain_diffusion_base
 
-    try:
-        path = pretrain_diffusion_base(args.output, backbone=args.backbone, resolution=args.resolution,
-                                       epochs=args.epochs, max_minutes=args.minutes, batch_size=args.batch_size,
-                                       lr=args.lr, seed=args.seed, num_samples=args.num_samples,
-                                       max_steps=args.steps, ema_decay=args.ema_decay or None,
-                                       snr_gamma=args.snr_gamma, overwrite=args.overwrite)
-    except (DataError, FileExistsError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    path = pretrain_diffusion_base(args.output, backbone=args.backbone, resolution=args.resolution,
+                                   epochs=args.epochs, max_minutes=args.minutes, batch_size=args.batch_size,
+                                   lr=args.lr, seed=args.seed, num_samples=args.num_samples,
+                                   max_steps=args.steps, ema_decay=args.ema_decay or None,
+                                   snr_gamma=args.snr_gamma, overwrite=args.overwrite)
     print(f"pretrained diffusion base: {path} (use it as weights: {path})")
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    for folder in args.checkpoints or ():
+        if not Path(folder).is_dir():
+            what = "a file, not a folder" if Path(folder).exists() else "not found"
+            raise NotADirectoryError(f"--checkpoints {folder}: {what}")
     try:
         import gradio  # noqa: F401
 
@@ -383,18 +467,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    existing_file(args.checkpoint, "--checkpoint")
+    output_folder(args.output)
     from dataclasses import fields
 
-    from vadapt.checkpoint import AdapterCheckpointError
     from vadapt.inference import InferOptions, infer
 
-    try:
-        options = InferOptions(**{f.name: getattr(args, f.name) for f in fields(InferOptions)})
-        report = infer(args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
-                       options=options)
-    except (AdapterCheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    options = InferOptions(**{f.name: getattr(args, f.name) for f in fields(InferOptions)})
+    report = infer(args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
+                   options=options)
     print(report.summary())
     if report.failed:
         print(f"{len(report.failed)} failed: see {args.output}/failed*.csv", file=sys.stderr)
@@ -421,6 +502,7 @@ def run_lightning(argv: list[str]) -> None:
             args=argv,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a bad argument raises: answered in one line below
         )
     except (Exception, SystemExit) as exc:
         # jsonargparse buries a datamodule's own error inside a long type-check report: surface its sentence

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from vadapt.checkpoint import AdapterCheckpointError, load_adapter_into, load_checked, read_manifest
 from vadapt.contracts import TaskCapabilities
+from vadapt.weights import load_weights_only
 
 if TYPE_CHECKING:
     from vadapt.tasks.base import BaseTask
@@ -62,35 +61,80 @@ def load_adapter(path: str | os.PathLike, weights: str | None = None) -> BaseTas
             training machine's path rarely exists elsewhere). Ignored for merged checkpoints.
     """
     manifest = read_manifest(path)
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise AdapterCheckpointError(f"{path} has a damaged vadapt manifest: {problem}")
+    task_class = checked_task_class(manifest["task"], path)
     init_args = dict(manifest["init_args"])
     if manifest["merged"]:
         init_args.update(weights=None, adapter=None)
     elif weights is not None:
         init_args["weights"] = weights
-    task = build_task(manifest["task"], init_args)
+    task = _build_stored(task_class, init_args, path)
     load_adapter_into(task, path, manifest)
     return task
 
 
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is missing or of the wrong type in a manifest read from a file, or None."""
+    if not isinstance(manifest, dict):
+        return f"it is a {type(manifest).__name__}, not an object"
+    for key, kind in (("task", str), ("init_args", dict), ("merged", bool), ("backbone", dict)):
+        if not isinstance(manifest.get(key), kind):
+            return f"its {key!r} is {manifest.get(key)!r}, not a {kind.__name__}"
+    if not isinstance(manifest["backbone"].get("name"), str):
+        return "its backbone has no name"
+    return None
+
+
+def checked_task_class(class_path: Any, source: str | os.PathLike) -> str:
+    """``class_path`` if it names one of vadapt's own task classes; anything else is refused before it is
+    imported: a file must not choose which code runs."""
+    known = known_task_classes()
+    if not isinstance(class_path, str) or class_path not in known:
+        valid = ", ".join(sorted({f"{c.__module__}.{c.__qualname__}" for c in known.values()}))
+        raise AdapterCheckpointError(f"{source} names the task class {class_path!r}, which is not one of vadapt's "
+                                     f"tasks; vadapt imports no other class from a checkpoint. Valid: {valid}")
+    return class_path
+
+
+def _build_stored(class_path: str, init_args: dict[str, Any], source: str | os.PathLike) -> BaseTask:
+    """``build_task`` for init args read from a checkpoint: arguments that do not fit the class are the file's
+    fault, an ``AdapterCheckpointError`` naming it."""
+    from jsonargparse import ArgumentError
+
+    try:
+        return build_task(class_path, init_args)
+    except ArgumentError as exc:
+        detail = " ".join(str(exc).split())
+        raise AdapterCheckpointError(f"{source}: its stored arguments do not fit {class_path} "
+                                     f"({detail[:300]}{'...' if len(detail) > 300 else ''})") from None
+
+
 def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
     """Rebuild a task from a Lightning ``.ckpt`` written by a vadapt task (read with ``weights_only=True``)."""
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AdapterCheckpointError(f"cannot read {path} as a weights-only Lightning checkpoint: {exc}") from exc
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = load_weights_only(path, AdapterCheckpointError)
     if not isinstance(ckpt, dict) or "vadapt_task" not in ckpt:
         raise AdapterCheckpointError(f"{path} is not a Lightning checkpoint written by a vadapt task")
-    init_args = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    task_class = checked_task_class(ckpt["vadapt_task"], path)
+    hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
+    if not isinstance(hparams, dict) or not isinstance(state, dict):
+        raise AdapterCheckpointError(f"{path} lacks the hyper_parameters or state_dict of a Lightning checkpoint")
+    init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
     if weights is not None:
         init_args["weights"] = weights
-    task = build_task(ckpt["vadapt_task"], init_args)
+    task = _build_stored(task_class, init_args, path)
     made_for = {"backbone": init_args.get("backbone"), "adapter": init_args.get("adapter")}
-    load_checked(task, ckpt["state_dict"], str(path), made_for)
+    load_checked(task, state, str(path), made_for)
     return task
 
 
 def load_task(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
     """A task from either kind of file: vadapt ``.safetensors`` or Lightning ``.ckpt``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if Path(path).suffix == ".safetensors":
         return load_adapter(path, weights)
     return load_lightning_checkpoint(path, weights)

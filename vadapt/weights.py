@@ -104,21 +104,53 @@ def resolve_weights(weights: str | os.PathLike | None, source: WeightsSource | N
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file without unpickling code (safetensors, or torch.load with weights_only)."""
     path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    import torch
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsMismatchError(
-            f"Could not read {path} as a weights-only checkpoint (vadapt never unpickles code): {exc}"
-        ) from exc
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors' errors name no file
+            raise WeightsMismatchError(f"{path} is not a readable safetensors file ({exc})") from None
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise WeightsMismatchError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def load_weights_only(path: str | os.PathLike, error: type[Exception] = WeightsMismatchError):
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses raises ``error`` with one sentence
+    naming the file (never torch's advice to retry without ``weights_only``: vadapt does not unpickle)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            raise error(pickle_refusal(path)) from None
+        raise error(f"{path} is not a PyTorch weights file ({_torch_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - zip, EOF, OS errors: all mean "not readable as weights"
+        raise error(f"{path} is not a PyTorch weights file ({_torch_reason(exc)})") from None
+
+
+def pickle_refusal(path: str | os.PathLike) -> str:
+    """The sentence for a checkpoint holding pickled objects (which ``weights_only`` loading refuses)."""
+    return (f"{path} holds pickled Python objects, which vadapt will not unpickle (unpickling can run any code); "
+            "to convert it, load it yourself in an environment you trust and save only its tensors, with "
+            "safetensors.torch.save_file(state_dict, 'weights.safetensors') or torch.save(state_dict) of a dict "
+            "of plain tensors")
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The cause in one of torch.load's error texts, without its advice on unsafe loading."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(exc).__name__
 
 
 def unwrap_state_dict(obj: dict, keys: tuple[str, ...] = ("model", "state_dict", "module")) -> dict:

@@ -442,9 +442,10 @@ def find_jobs(output: Path, input: str | None, input_a: str | None, input_b: str
     if (input is None) == (input_a is None and input_b is None) or (input_a is None) != (input_b is None):
         raise ValueError("give either --input, or --input-a and --input-b (change detection)")
     out = output.resolve()
+    problems: list[tuple[str, str]] = []  # directories named like images, broken links, loops, unreadable files
 
     def listed(source: str) -> tuple[Path, list[Path], list[Path]]:
-        root, images, ignored = list_inputs(source)
+        root, images, ignored = list_inputs(source, failures=problems)
         keep = [p for p in images if out not in p.resolve().parents]  # never read our own outputs back
         return root, keep, ignored
 
@@ -458,7 +459,7 @@ def find_jobs(output: Path, input: str | None, input_a: str | None, input_b: str
         jobs, collisions = make_jobs(pairs, root, output, fmt, probabilities, overlay)
         failures += collisions
         ignored += ignored_b
-    return jobs, sorted(failures), sorted(str(p) for p in ignored)
+    return jobs, sorted(failures + problems), sorted(str(p) for p in ignored)
 
 
 def infer(

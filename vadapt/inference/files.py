@@ -8,8 +8,10 @@ moment leaves only temporaries, which the next run removes before it starts.
 
 from __future__ import annotations
 
+import errno
 import glob as globlib
 import os
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,25 +49,114 @@ def is_glob(pattern: str) -> bool:
     return globlib.has_magic(pattern)
 
 
-def list_inputs(source: str | os.PathLike) -> tuple[Path, list[Path], list[Path]]:
+def list_inputs(source: str | os.PathLike,
+                failures: list[tuple[str, str]] | None = None) -> tuple[Path, list[Path], list[Path]]:
     """``(root, images, ignored)`` for a folder, a glob or one file; ``ignored`` are files without an image
-    suffix (reported, not failed); hidden files and our temporaries are skipped."""
+    suffix (reported, not failed); hidden files and our temporaries are skipped.
+
+    An input that exists is taken literally, even with glob characters in its name (``scenes[2024]/``); only
+    one that does not exist is a glob. Paths that cannot be read (a directory named like an image, a broken
+    symlink, a symlink loop, a file without read permission, a device or pipe) are never dropped: with
+    ``failures`` given they are appended to it as ``(name relative to root, reason)``; without it, those with an
+    image suffix stay in ``images`` (their reader then fails them) and the others go to ``ignored``.
+    An input that names nothing (a glob matching nothing, an empty folder) is a :class:`FileNotFoundError`.
+    """
     text = str(source)
-    if is_glob(text):
+    path = Path(text)
+    if os.path.lexists(text):
+        problem = None if path.is_dir() else _problem(path)  # a folder given by name is read, whatever its name
+        if path.is_dir():
+            root = path
+            found, problems = _walk(root)
+            if not found and not problems:
+                raise FileNotFoundError(f"input folder {text} is empty")
+        elif problem is not None:
+            raise FileNotFoundError(f"input {text} cannot be read: {problem}")
+        else:
+            return path.parent, [path], []
+    elif is_glob(text):
         prefix = text[: min(i for i, c in enumerate(text) if c in "*?[")]  # the folder part before the pattern
         root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
-        found = [Path(p) for p in globlib.glob(text, recursive=True)]
-    elif Path(text).is_dir():
-        root = Path(text)
-        found = [p for p in root.rglob("*")]
-    elif Path(text).is_file():
-        return Path(text).parent, [Path(text)], []
+        found, problems = [], []
+        for p in sorted(globlib.glob(text, recursive=True)):
+            p = Path(p)
+            if _hidden(p.relative_to(root)):
+                continue
+            reason = _problem(p)
+            if reason is not None:
+                problems.append((p, reason))
+            elif p.is_file():
+                found.append(p)
+        if not found and not problems:
+            raise FileNotFoundError(f"input not found: no file matches {text} (give a folder, a glob such as "
+                                    "'scenes/*.tif', or a file)")
     else:
         raise FileNotFoundError(f"input not found: {text} (give a folder, a glob such as 'scenes/*.tif', or a file)")
-    files = sorted(p for p in found if p.is_file() and not _hidden(p.relative_to(root)))
+    files = sorted(found)
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     ignored = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    return root, images, ignored
+    for p, reason in sorted(problems):
+        if failures is not None:
+            failures.append((str(p.relative_to(root)), reason))
+        elif p.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(p)
+        else:
+            ignored.append(p)
+    return root, sorted(images), sorted(ignored)
+
+
+def _problem(path: Path) -> str | None:
+    """Why ``path`` (an entry that exists, maybe as a dangling link) cannot be read as an input file, or None
+    for a readable file or a folder without an image suffix."""
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself)"
+        if path.is_symlink():
+            return f"broken symlink (its target {os.readlink(path)} does not exist)"
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory" if path.suffix.lower() in IMAGE_SUFFIXES else None
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a device, pipe or socket)"
+    if not os.access(path, os.R_OK):
+        return "unreadable (permission denied)"
+    return None
+
+
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Readable files and ``(path, reason)`` of unreadable entries below ``root``, following symlinked folders
+    (a link to a folder it is inside is a symlink loop); hidden entries are skipped."""
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+
+    def visit(folder: Path, ancestors: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((folder, f"folder cannot be listed ({exc.strerror or exc})"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            reason = _problem(path)
+            if path.is_dir() and (reason is None or reason == "is a directory"):
+                if reason:
+                    problems.append((path, reason))
+                real = os.path.realpath(path)
+                if real in ancestors:
+                    problems.append((path, f"symlink loop (the link points to {real}, a folder it is inside)"))
+                    continue
+                visit(path, ancestors | {real})
+            elif reason is not None:
+                problems.append((path, reason))
+            else:
+                files.append(path)
+
+    visit(root, frozenset({os.path.realpath(root)}))
+    return files, problems
 
 
 def _hidden(relative: Path) -> bool:
