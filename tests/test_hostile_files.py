@@ -188,6 +188,21 @@ def test_infer_reports_every_path_a_folder_holds(checkpoint, tmp_path):
     assert "symlink loop" in failed["loop.tif"]
 
 
+def test_a_raster_too_wide_for_the_row_buffer_is_refused_with_the_reason(checkpoint, tmp_path):
+    from vadapt.inference import infer
+
+    (tmp_path / "in").mkdir()
+    with rasterio.open(tmp_path / "in" / "wide.tif", "w", driver="GTiff", height=512, width=200_000, count=3,
+                       dtype="uint8", tiled=True, compress="deflate", sparse_ok=True):
+        pass  # 1e8 px, within --max-pixels: the blender's tile row (3 x 512 x 200000 float32) is what is too big
+    write_tif(tmp_path / "in" / "good.tif", np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8))
+    started = time.perf_counter()
+    report = infer(checkpoint, tmp_path / "out", input=str(tmp_path / "in"), num_workers=0, progress=False)
+    reason = dict(report.failed)["wide.tif"]
+    assert report.done == ["good.tif"] and "200,000 px wide" in reason and "--tile" in reason and "1.1 GiB" in reason
+    assert time.perf_counter() - started < 60
+
+
 def test_infer_without_images_fails_before_loading_the_model(tmp_path):
     from vadapt.inference import infer
 

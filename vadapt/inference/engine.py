@@ -55,6 +55,9 @@ os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) w
 PRECISIONS: dict[Precision, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 assert set(PRECISIONS) == set(get_args(Precision)), "a precision of InferOptions without a torch dtype"
 MIN_SIDE = 16  # pixels: smaller images are reported rather than predicted from padding
+#: the most memory one image's row of blended tiles may take (``(classes + 1) x tile x width`` float32): 1 GiB takes
+#: a 170,000 px wide raster at tile 512 with 2 classes; wider ones are refused with the reason, not swapped to death
+MAX_ROW_BYTES = 2**30
 PREVIEW_SIDE = 1024  # longest side of --overlay pictures
 
 
@@ -92,8 +95,9 @@ class TileStream(IterableDataset):
     then ``("end", i)``, or ``("error", i, reason)`` as soon as something is wrong with the file."""
 
     def __init__(self, jobs: Sequence[Job], reader: BandReader, fill: Sequence[float], tile: int, stride: int,
-                 min_side: int = MIN_SIDE, align: bool = False) -> None:
+                 min_side: int = MIN_SIDE, align: bool = False, num_classes: int = 2) -> None:
         self.jobs, self.reader, self.tile, self.stride, self.min_side = list(jobs), reader, tile, stride, min_side
+        self.num_classes = num_classes  # sizes the blender's row buffer (see _check)
         self.align = align  # change pairs: warp the second image onto the first's grid instead of refusing
         self.fill = np.asarray(fill, dtype=np.float32)
 
@@ -160,6 +164,12 @@ class TileStream(IterableDataset):
         if min(first.height, first.width) < self.min_side:
             raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
                             f"{self.min_side} px per side")
+        # the blender holds one tile row of float32 scores and weights: memory grows with the width, not the height
+        row_bytes = 4 * (self.num_classes + 1) * min(self.tile, first.height) * first.width
+        if row_bytes > MAX_ROW_BYTES:
+            raise DataError(f"{first.path} is {first.width:,} px wide: one row of {self.tile}-px tiles would hold "
+                            f"{row_bytes / 2**30:.1f} GiB of scores (the limit is {MAX_ROW_BYTES / 2**30:.0f} GiB); "
+                            f"use a smaller --tile (it scales with the tile) or split the raster into strips")
         meta = {"height": first.height, "width": first.width, "geo": geo,
                 "declares_nodata": any(v is not None for v in first.nodata)}
         return meta, checked
@@ -527,7 +537,8 @@ def infer(
     num_workers = opts.num_workers
     reader = BandReader(predictor.bands, opts.file_bands, opts.scale, max_pixels=opts.max_pixels,
                         allow_vrt=opts.allow_vrt)
-    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride, align=opts.align)
+    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride, align=opts.align,
+                        num_classes=predictor.num_classes)
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,
                         prefetch_factor=2 * batch_size if num_workers else None)
