@@ -153,17 +153,18 @@ def test_training_lowers_loss_and_raises_miou(shapes):
     assert after >= before + 0.2, (before, after)
 
 
-def test_cli_fit_fast_dev_run_reads_category_parts_from_the_data(shapes, tmp_path):
+def test_cli_fit_fast_dev_run_reads_category_parts_from_the_data(shapes, tmp_path, capsys):
     cfg = yaml.safe_load((CONF / "parts_pointmae_test.yaml").read_text())
     cfg["model"]["init_args"].update(num_parts=7)  # the fixture's classes: 7 parts
     path = tmp_path / "parts.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    main(["fit", "--config", str(path), "--data.init_args.root", str(shapes), "--trainer.fast_dev_run", "1",
-          "--trainer.default_root_dir", str(tmp_path)])
-    # too few parts for the data is named
-    with pytest.raises(ValueError, match="part ids"):
-        main(["fit", "--config", str(CONF / "parts_pointmae_test.yaml"), "--data.init_args.root", str(shapes),
-              "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
+    assert main(["fit", "--config", str(path), "--data.init_args.root", str(shapes), "--trainer.fast_dev_run", "1",
+                 "--trainer.default_root_dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    # too few parts for the data is named: one sentence, exit code 2
+    assert main(["fit", "--config", str(CONF / "parts_pointmae_test.yaml"), "--data.init_args.root", str(shapes),
+                 "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)]) == 2
+    assert "error: the data has 7 part ids but the task num_parts=3" in capsys.readouterr().err
 
 
 def test_adapter_checkpoint_round_trip(shapes, weights, tmp_path):

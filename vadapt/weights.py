@@ -138,7 +138,7 @@ def load_weights_only(path: str | os.PathLike, error: type[Exception] = WeightsM
 
 def pickle_refusal(path: str | os.PathLike) -> str:
     """The sentence for a checkpoint holding pickled objects (which ``weights_only`` loading refuses)."""
-    return (f"{path} holds pickled Python objects, which vadapt will not unpickle (unpickling can run any code); "
+    return (f"{path} holds pickled Python objects, which vadapt never unpickles (unpickling can run any code); "
             "to convert it, load it yourself in an environment you trust and save only its tensors, with "
             "safetensors.torch.save_file(state_dict, 'weights.safetensors') or torch.save(state_dict) of a dict "
             "of plain tensors")
