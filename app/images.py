@@ -95,6 +95,8 @@ def load_image(path: str | Path, limits: Limits, file_bands: list[str] | None = 
         raw = read_raw(info)
     except DataError as exc:  # the message names the upload's temporary path: show the file's name only
         reason = str(exc).split(": ", 1)[-1].replace(str(path), name).replace(str(path.parent) + "/", "")
+        if "--allow-vrt" in reason:  # the command line's opt-in: the demo has none, uploads are never trusted
+            reason = reason.split("; VRTs are read only", 1)[0] + "; this demo never reads VRTs"
         raise AppError(f"cannot read {name}: {reason}") from None
     array = np.ascontiguousarray(np.moveaxis(raw, -1, 0)).astype(np.float32)
     invalid = np.zeros(array.shape[1:], dtype=bool)

@@ -129,6 +129,7 @@ def test_app_refuses_vrts_even_with_the_environment_switch(hostile_vrts, monkeyp
         with pytest.raises(AppError, match="VRT") as err:
             load_image(path, Limits(), name=f"{kind}.tif")
         assert f"{kind}.tif" in str(err.value) and "TOP-SECRET" not in str(err.value)
+        assert "--allow-vrt" not in str(err.value)  # an opt-in the demo does not offer
 
 
 @pytest.fixture(scope="module")
