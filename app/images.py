@@ -78,7 +78,7 @@ def load_image(path: str | Path, limits: Limits, file_bands: list[str] | None = 
     Raises:
         AppError: unreadable file, limits exceeded, wrong number of ``file_bands``.
     """
-    from vadapt.data.io import DataError, LimitExceeded, probe, read_raw
+    from vadapt.data.io import DataError, LimitExceeded, RefusedFile, probe, read_raw
 
     path = Path(path)
     name = name or path.name
@@ -94,9 +94,10 @@ def load_image(path: str | Path, limits: Limits, file_bands: list[str] | None = 
         limits.check_image(info.height, info.width, info.count, name)
         raw = read_raw(info)
     except DataError as exc:  # the message names the upload's temporary path: show the file's name only
-        reason = str(exc).split(": ", 1)[-1].replace(str(path), name).replace(str(path.parent) + "/", "")
-        if "--allow-vrt" in reason:  # the command line's opt-in: the demo has none, uploads are never trusted
-            reason = reason.split("; VRTs are read only", 1)[0] + "; this demo never reads VRTs"
+        text = str(exc)
+        if isinstance(exc, RefusedFile) and exc.hint:  # a command-line opt-in: the demo has none, uploads are
+            text = f"{exc.reason}; this demo never reads them"  # never trusted
+        reason = text.split(": ", 1)[-1].replace(str(path), name).replace(str(path.parent) + "/", "")
         raise AppError(f"cannot read {name}: {reason}") from None
     array = np.ascontiguousarray(np.moveaxis(raw, -1, 0)).astype(np.float32)
     invalid = np.zeros(array.shape[1:], dtype=bool)

@@ -99,3 +99,33 @@ def assert_backbone_frozen_while_head_and_lora_train(task, batch: dict) -> None:
     assert any(k.startswith("head.") for k in trainable) and any("lora_" in k for k in trainable)
     counts = task.parameter_counts()
     assert counts["trainable"] == counts["adapter"] + counts["head"] and counts["adapter"] > 0
+
+
+def sam_upstream_state(task) -> dict:
+    """A promptable task's frozen SAM in the official checkpoint's key layout (``image_encoder.*``,
+    ``prompt_encoder.*``, ``mask_decoder.*``): what a reloaded task with random frozen weights must be given."""
+    state = {f"image_encoder.{k}": v for k, v in task.backbone.model.state_dict().items()}
+    state.update({f"prompt_encoder.{k}": v for k, v in task.prompt_encoder.state_dict().items()})
+    state.update({f"mask_decoder.{k}": v for k, v in task.mask_decoder.state_dict().items()})
+    return state
+
+
+def change_detection_checkpoint(folder: Path, seed: int | None = None) -> Path:
+    """A tiny change-detection adapter checkpoint (EfficientNet-Lite test backbone, LoRA r=2, random trained
+    weights) and its backbone weights file, in ``folder``."""
+    from vadapt.adapters import LoraConfig
+    from vadapt.backbones import create_backbone
+    from vadapt.checkpoint import save_adapter
+    from vadapt.tasks import ChangeDetectionTask
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    weights = folder / "backbone.pth"
+    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
+    task = ChangeDetectionTask(backbone="efficientnet_lite0_test", weights=str(weights), adapter=LoraConfig(r=2),
+                               decoder_channels=16, mean=[0.5] * 3, std=[0.25] * 3)
+    with torch.no_grad():
+        for p in task.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    return save_adapter(task, folder / "cd.safetensors")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from conftest import sam_upstream_state
 from PIL import Image
 from rasterio.transform import from_origin
 
@@ -52,9 +53,7 @@ def ckpt_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     source = PromptableSegmentationTask(backbone="sam_test", adapter=None, decoder=DecoderConfig(mask_decoder="frozen"),
                                         mean=[120.0] * 3, std=[60.0] * 3)
-    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
-    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
-    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    state = sam_upstream_state(source)
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "sam.weights.safetensors"))

@@ -380,18 +380,9 @@ def test_python_api_is_exported():
 
 
 def test_change_detection_pairs_give_the_models_change_mask(tmp_path):
-    from vadapt.backbones import create_backbone
-    from vadapt.tasks import ChangeDetectionTask
+    from conftest import change_detection_checkpoint
 
-    weights = tmp_path / "backbone.pth"
-    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
-    task = ChangeDetectionTask(backbone="efficientnet_lite0_test", weights=str(weights), adapter=LoraConfig(r=2),
-                               decoder_channels=16, mean=[0.5] * 3, std=[0.25] * 3)
-    with torch.no_grad():
-        for p in task.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.2)
-    ckpt = save_adapter(task, tmp_path / "cd.safetensors")
+    ckpt = change_detection_checkpoint(tmp_path)
     before, after = random_image(64, 72, 5), random_image(64, 72, 6)
     for folder, image in (("A", before), ("B", after)):
         (tmp_path / folder).mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import train_steps
+from conftest import sam_upstream_state, train_steps
 from safetensors.torch import load_file
 
 from vadapt.adapters import QVDoraConfig, SaltConfig
@@ -175,9 +175,7 @@ def test_learned_prompt_with_salt_trains_salt_the_token_and_the_decoder_and_lear
 
 # ---- adapter files --------------------------------------------------------------------------------------------
 def write_full_sam_weights(task: PromptableSegmentationTask, path) -> str:
-    state = {f"image_encoder.{k}": v for k, v in task.backbone.model.state_dict().items()}
-    state.update({f"prompt_encoder.{k}": v for k, v in task.prompt_encoder.state_dict().items()})
-    state.update({f"mask_decoder.{k}": v for k, v in task.mask_decoder.state_dict().items()})
+    state = sam_upstream_state(task)
     torch.save(state, path)
     return str(path)
 

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
+from conftest import change_detection_checkpoint
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from vadapt.adapters import LoraConfig
-from vadapt.checkpoint import save_adapter
 from vadapt.data.registration import Grid, grid_mismatch
 from vadapt.inference import infer
 
@@ -46,20 +44,7 @@ def write(path: Path, data: np.ndarray, transform=UTM, crs: str = "EPSG:32633") 
 
 @pytest.fixture(scope="module")
 def change_checkpoint(tmp_path_factory) -> Path:
-    from vadapt.backbones import create_backbone
-    from vadapt.tasks import ChangeDetectionTask
-
-    folder = tmp_path_factory.mktemp("cd")
-    weights = folder / "backbone.pth"
-    torch.manual_seed(0)
-    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
-    task = ChangeDetectionTask(backbone="efficientnet_lite0_test", weights=str(weights), adapter=LoraConfig(r=2),
-                               decoder_channels=16, mean=[0.5] * 3, std=[0.25] * 3)
-    with torch.no_grad():
-        for p in task.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.2)
-    return save_adapter(task, folder / "cd.safetensors")
+    return change_detection_checkpoint(tmp_path_factory.mktemp("cd"), seed=0)
 
 
 def scene(h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import train_steps
+from conftest import sam_upstream_state, train_steps
 
 from vadapt.adapters import QVDoraConfig
 from vadapt.checkpoint import save_adapter
@@ -171,9 +171,7 @@ def test_embedding_cache_is_lru():
 def test_adapter_checkpoint_round_trip(tmp_path):
     # random frozen weights are not in the adapter file: write the tiny SAM's full weights, upstream format
     source = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"))
-    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
-    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
-    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    state = sam_upstream_state(source)
     weights = tmp_path / "sam_test.pth"
     torch.save(state, weights)
     task = make_task(weights=str(weights), decoder=DecoderConfig(mask_decoder="lora")).eval()
@@ -261,9 +259,7 @@ def test_automatic_training_loss_falls_coarse_head_trains_encoder_frozen():
 
 def test_automatic_adapter_checkpoint_keeps_the_coarse_head(tmp_path):
     source = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"))
-    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
-    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
-    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    state = sam_upstream_state(source)
     weights = tmp_path / "sam_test.pth"
     torch.save(state, weights)
     task = make_task(weights=str(weights), prompting=AUTOMATIC).eval()
@@ -337,9 +333,7 @@ def test_grouped_settings_round_trip_and_old_flat_checkpoints_load(tmp_path):
     from vadapt.loading import capabilities_of
 
     source = make_task(adapter=None, decoder=DecoderConfig(mask_decoder="frozen"))
-    state = {f"image_encoder.{k}": v for k, v in source.backbone.model.state_dict().items()}
-    state.update({f"prompt_encoder.{k}": v for k, v in source.prompt_encoder.state_dict().items()})
-    state.update({f"mask_decoder.{k}": v for k, v in source.mask_decoder.state_dict().items()})
+    state = sam_upstream_state(source)
     weights = tmp_path / "sam_test.pth"
     torch.save(state, weights)
     task = make_task(weights=str(weights), **grouped_configs()).eval()

@@ -27,6 +27,9 @@ import numpy as np
 # sidecar or container logic (netCDF, GPKG, MBTiles, MRF, PDF, ...) that nobody has asked for.
 SAFE_DRIVERS: tuple[str, ...] = ("GTiff", "PNG", "JPEG", "JP2OpenJPEG", "HFA")
 VRT_DRIVER = "VRT"
+#: how a command-line user opts in to VRT / virtual-file / URL reads (the hint of those refusals)
+VRT_OPT_IN = "they are read only with --allow-vrt (allow_vrt=True or VADAPT_ALLOW_VRT=1)"
+VRT_FILE_OPT_IN = "VRTs are read only with --allow-vrt (allow_vrt=True or VADAPT_ALLOW_VRT=1)"
 ALLOW_VRT_ENV = "VADAPT_ALLOW_VRT"  # "1": allow VRT and /vsi / URL paths where no allow_vrt argument is given
 # GDAL options for every open: a VRT (when allowed) cannot read raw bytes of arbitrary files nor run Python
 GDAL_OPTIONS = {"GDAL_VRT_ENABLE_RAWRASTERBAND": "NO", "GDAL_VRT_ENABLE_PYTHON": "NO"}
@@ -50,7 +53,13 @@ class DataError(ValueError):
 
 
 class RefusedFile(DataError):
-    """A file refused before reading (driver, path or limit); the message is one sentence naming the file."""
+    """A file refused before reading (driver, path or limit); the message is one sentence naming the file:
+    ``reason``, then ``hint`` (how a command-line user opts in) when there is one, so a face without that opt-in
+    (the app) can show the reason alone."""
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason, self.hint = reason, hint
 
 
 class LimitExceeded(RefusedFile):
@@ -80,8 +89,7 @@ def check_pixels(height: int, width: int, path: str, max_pixels: int | None = No
 def check_path(path: str, allow_vrt: bool) -> None:
     """Refuse GDAL virtual-file (``/vsi...``) and URL paths unless VRTs / remote reads are allowed."""
     if not allow_vrt and (path.startswith("/vsi") or "://" in path):
-        raise RefusedFile(f"refused {path}: GDAL virtual-file and URL paths (/vsi..., ://) are read only with "
-                          "--allow-vrt (allow_vrt=True or VADAPT_ALLOW_VRT=1)")
+        raise RefusedFile(f"refused {path}: GDAL virtual-file and URL paths (/vsi..., ://) are not read", VRT_OPT_IN)
 
 
 @contextlib.contextmanager
@@ -109,8 +117,8 @@ def open_raster(path: str | Path, allow_vrt: bool | None = None) -> Iterator:
             src = DatasetReader(local, driver=drivers)
         except Exception as exc:  # noqa: BLE001 - RasterioIOError, DriverError ("invalid driver") ...
             if not allow and _looks_like_vrt(local):
-                raise RefusedFile(f"refused {text}: it is a GDAL VRT, which can read other files; VRTs are read "
-                                  "only with --allow-vrt (allow_vrt=True or VADAPT_ALLOW_VRT=1)") from None
+                raise RefusedFile(f"refused {text}: it is a GDAL VRT, which can read other files",
+                                  VRT_FILE_OPT_IN) from None
             # not a refusal: a damaged or foreign file; callers add "cannot read <role> file <path>: "
             raise OSError(f"no allowed GDAL driver ({', '.join(drivers)}) reads it: "
                           f"{' '.join(str(exc).split())}") from None
