@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from vadapt.inference.options import InferOptions
+from vadapt.inference.resampling import plan
 
 from .limits import AppError
 
@@ -30,11 +31,13 @@ def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray) -> np.nda
     if min(height, width) < 16:
         raise AppError(f"the image is {width}x{height} pixels; the models need at least 16x16")
     x = torch.from_numpy(np.concatenate(inputs, 0)[None].astype(np.float32))
-    # `vadapt infer`'s settings for this tile (overlap, blend, batch size for the device): the page shows what
-    # a batch run over the same image writes
+    # `vadapt infer`'s settings for this tile (overlap, blend, batch size for the device) and its geometry (whole
+    # images resized as training resized them): the page shows what a batch run over the same image writes
     options = InferOptions(tile=tile_size(predictor.task))
+    job, _ = plan(getattr(predictor.task, "preprocessing", None), height, width, options.tile, options.stride)
     try:
-        probs = sliding_window(predictor, x, tile=options.tile, stride=options.stride, blend=options.blend,
+        probs = sliding_window(lambda tiles: predictor(tiles, job.model_size(*tiles.shape[-2:])), x, tile=job.tile,
+                               stride=job.stride, blend=options.blend,
                                batch_size=options.batch_size_on(predictor.device.type))
     except (ValueError, RuntimeError) as exc:
         raise AppError(f"the model could not run on this image: {str(exc).splitlines()[0][:300]}") from exc

@@ -85,7 +85,8 @@ def build(demo: Demo) -> gr.Blocks:
                     with gr.Accordion("file options", open=False):
                         seg_bands_text = gr.Textbox(label="band names of the file, comma separated (when it does "
                                                           "not name them)", placeholder="blue, green, red, nir")
-                        seg_scale = gr.Number(label="value scale (e.g. 0.0001 for Sentinel-2 digital numbers)",
+                        seg_scale = gr.Number(label="extra value factor, before the checkpoint's own scaling "
+                                                    "(1 = the file's values, as the checkpoint expects them)",
                                               value=1.0)
                     seg_ckpt = gr.Dropdown(label="adapter checkpoint", choices=demo.choices("segment"),
                                            value=seg_default, elem_id="seg-ckpt")

@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -33,6 +33,7 @@ from vadapt.bands import RGB, BandInit
 from vadapt.config import to_plain
 from vadapt.contracts import TaskCapabilities
 from vadapt.params import count_parameters
+from vadapt.preprocessing import Preprocessing
 
 
 class _Unused:
@@ -57,6 +58,8 @@ class BaseTask(L.LightningModule):
     #: what the task offers the app and the CLI (see :class:`~vadapt.contracts.TaskCapabilities`); every task
     #: declares it, or overrides :meth:`capabilities_for` where it depends on the init args
     CAPABILITIES: ClassVar[TaskCapabilities]
+    _scales_values = False  # whether normalise applies value_scale / value_offset (see use_preprocessing)
+    _stats_from_data = False  # mean / std still to compute from the training data (non-RGB bands left unset)
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class BaseTask(L.LightningModule):
         poly_power: float = 1.0,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        normalization: Literal["dataset", "per_image"] = "dataset",
         extra_band_init: BandInit = "copy",
         freeze_backbone: bool = True,
         grad_checkpointing: bool = False,
@@ -78,10 +82,15 @@ class BaseTask(L.LightningModule):
             warmup_steps: optimiser steps of linear warm-up to ``lr``.
             poly_power: after the warm-up, the learning rate decays as ``(1 - progress) ** poly_power`` to 0 at the
                 last step (1: linear).
-            mean: per-band input statistics (raw units): the model normalises its inputs to ``(x - mean) / std``
-                itself, so training, inference and the app preprocess alike; default (``mean`` and ``std`` unset):
-                the backbone's pretraining statistics (RGB bands only).
-            std: per-band input statistics (raw units), each > 0; see ``mean``.
+            mean: per-band input statistics (in the units the datamodule feeds, i.e. after its ``scale``): the model
+                normalises its inputs to ``(x - mean) / std`` itself, so training, inference and the app preprocess
+                alike; default (``mean`` and ``std`` unset): the backbone's pretraining statistics for RGB bands,
+                and for other bands the statistics of the training data, computed when fitting starts (as
+                ``vadapt stats`` prints them) and stored in the checkpoint.
+            std: per-band input statistics, each > 0; see ``mean``.
+            normalization: ``dataset`` (``mean`` / ``std`` above) or ``per_image``: every image, crop or tile is
+                standardised by its own per-band mean and std (robust to another sensor's calibration or
+                another season's brightness; the pretrained statistics are then not used).
             extra_band_init: first-layer init of bands the pretrained model lacks (``copy``, ``mean``, ``repeat``,
                 ``zero``).
             freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, or training from scratch
@@ -98,6 +107,13 @@ class BaseTask(L.LightningModule):
         plain = {k: to_plain(v) if dataclasses.is_dataclass(v) else v for k, v in self.hparams.items()}
         self.save_hyperparameters(dict(sorted(plain.items(), key=lambda item: item[0] in SHARED_DEFAULTS)))
         self.strict_loading = False  # Lightning checkpoints hold only trainable weights (see on_save_checkpoint)
+        # file values -> the units training fed (identity while training: the datamodule scaled them already);
+        # use_preprocessing sets it for prediction on raw files
+        self.register_buffer("value_scale", torch.ones(()), persistent=False)
+        self.register_buffer("value_offset", torch.zeros(()), persistent=False)
+        #: how the training data were read (value scale, nodata, geometry); set when fitting starts, stored in
+        #: checkpoints; None for a task never fitted on a datamodule that describes itself
+        self.preprocessing: Preprocessing | None = None
         self.configure_backbone()
         self.configure_head()
         self.configure_losses()
@@ -151,6 +167,7 @@ class BaseTask(L.LightningModule):
         self.register_buffer("input_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
+
     def backbone_weights(self) -> str | None:
         """What ``create_backbone`` loads: ``None``, ``"pretrained"`` or a path (the ``weights`` init arg)."""
         return self.hparams.get("weights")
@@ -169,12 +186,9 @@ class BaseTask(L.LightningModule):
             return [], []
         if mean is None and std is None:
             rgb = dict(zip(("red", "green", "blue"), zip(self.backbone.rgb_mean, self.backbone.rgb_std)))
-            missing = [b for b in bands if b not in rgb]
-            if missing:
-                raise ValueError(
-                    f"mean/std are required for bands {missing} (only RGB has pretraining statistics); "
-                    "compute them on your training data and set model.init_args.mean / std"
-                )
+            if any(b not in rgb for b in bands):  # computed from the training data when fitting starts
+                self._stats_from_data = True
+                return [0.0] * len(bands), [1.0] * len(bands)
             return [rgb[b][0] for b in bands], [rgb[b][1] for b in bands]
         if mean is None or std is None or len(mean) != len(bands) or len(std) != len(bands):
             raise ValueError(f"mean and std need one value per band {list(bands)}; got mean={mean}, std={std}")
@@ -192,9 +206,64 @@ class BaseTask(L.LightningModule):
         pass
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` values as fed (file values after :meth:`use_preprocessing`) -> model inputs."""
         if not self.input_mean.numel():  # no band statistics (point clouds)
             return x
+        if self._scales_values:
+            x = x * self.value_scale + self.value_offset
+        if self.shared_setting("normalization") == "per_image":
+            mean = x.mean((-2, -1), keepdim=True)
+            std = x.std((-2, -1), keepdim=True, unbiased=False)
+            return (x - mean) / std.clamp_min(1e-6 * std.abs().max().clamp_min(1.0))
         return (x - self.input_mean) / self.input_std
+
+    def use_preprocessing(self, record: Preprocessing | None, raw_inputs: bool = True) -> None:
+        """Attach the record of how training read its data; with ``raw_inputs`` the task also takes file values
+        as they are (``x * scale + offset`` first), as ``vadapt infer`` and the app feed it."""
+        self.preprocessing = record
+        scale, offset = (record.scale, record.offset) if raw_inputs and record is not None else (1.0, 0.0)
+        self.set_value_transform(scale, offset)
+
+    def set_value_transform(self, scale: float = 1.0, offset: float = 0.0) -> None:
+        """Make the task apply ``x * scale + offset`` to its inputs before normalising (``1, 0``: off)."""
+        self.value_scale.fill_(float(scale))
+        self.value_offset.fill_(float(offset))
+        self._scales_values = float(scale) != 1.0 or float(offset) != 0.0
+
+    def raw_fill_values(self) -> list[float]:
+        """Per-band file values that normalise to the band mean (0): what tiling writes into nodata pixels."""
+        mean = self.input_mean.flatten()
+        return ((mean - self.value_offset) / self.value_scale).tolist()
+
+    # ---- fitting starts: what the datamodule tells ----------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Record how the datamodule reads the data (:class:`~vadapt.preprocessing.Preprocessing`) and, where
+        ``mean`` / ``std`` were left unset for non-RGB bands, compute them from its training data."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        describe = getattr(data, "preprocessing", None)
+        self.preprocessing = describe() if callable(describe) else None
+        if getattr(self, "_stats_from_data", False):
+            self._statistics_from(data)
+
+    def _statistics_from(self, data: Any) -> None:
+        from vadapt.data.stats import compute_band_stats
+
+        if data is None or not hasattr(data, "iter_stat_pixels"):
+            raise ValueError(f"mean/std are required for bands {list(self.backbone.bands)} (only RGB has "
+                             "pretraining statistics) and this run has no datamodule to compute them from: set "
+                             "model.init_args.mean / std (vadapt stats --config CONFIG prints them)")
+        stats = compute_band_stats(data)
+        if list(stats.bands) != list(self.backbone.bands):
+            raise ValueError(f"the data's bands {list(stats.bands)} differ from the model's "
+                             f"{list(self.backbone.bands)}")
+        self.input_mean.copy_(torch.tensor(stats.mean).view(1, -1, 1, 1))
+        self.input_std.copy_(torch.tensor(stats.std).clamp_min(1e-6).view(1, -1, 1, 1))
+        # into the hyperparameters: checkpoints store them, so the task rebuilds with them
+        self.hparams["mean"] = [round(v, 6) for v in stats.mean]
+        self.hparams["std"] = [round(max(v, 1e-6), 6) for v in stats.std]
+        self._stats_from_data = False
+        print(f"band statistics of the training data ({stats.pixels:,} valid pixels): mean "
+              f"{self.hparams['mean']}, std {self.hparams['std']}")
 
     def train(self, mode: bool = True) -> BaseTask:
         super().train(mode)
@@ -297,6 +366,10 @@ class BaseTask(L.LightningModule):
         # JSON-safe (loadable with weights_only=True); `_class_path` is what LightningCLI's --ckpt_path reads
         checkpoint["hyper_parameters"] = {**self.plain_hparams(), "_class_path": task}
         checkpoint["vadapt_task"] = task
+        checkpoint["vadapt_preprocessing"] = self.preprocessing.to_dict() if self.preprocessing else None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preprocessing = Preprocessing.from_dict(checkpoint.get("vadapt_preprocessing"))
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [ExportAdapterOnFitEnd()]

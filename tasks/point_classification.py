@@ -159,6 +159,7 @@ class PointClassificationTask(BaseTask):
     def on_fit_start(self) -> None:
         """Point-PEFT: fill an empty point-prior bank with the frozen encoder's features of the training set
         (official: built once before fine-tuning), so ``vadapt fit`` trains with the prior as the paper does."""
+        super().on_fit_start()
         shared = getattr(self.backbone, "point_peft", None)
         if shared is None or not getattr(shared, "use_prior", False) or shared.bank_size > 0 or self._trainer is None:
             return

@@ -498,10 +498,13 @@ def test_cli_flags_reach_the_options_with_their_types():
     from vadapt.inference import InferOptions
 
     args = _infer_args("--tile", "256", "--overlap", "16", "--batch-size", "3", "--precision", "bf16", "--no-merge",
-                       "--quiet", "--overwrite", "--file-bands", "blue", "red", "--scale", "0.01", "--blend", "mean")
+                       "--quiet", "--overwrite", "--file-bands", "blue", "red", "--scale", "0.01", "--blend", "mean",
+                       "--offset", "-0.1", "--geometry", "native", "--ignore-nodata", "--tta", "d4", "--tta-scales",
+                       "0.75", "1")
     options = InferOptions(**{f.name: getattr(args, f.name) for f in fields(InferOptions)})
     assert options == InferOptions(tile=256, overlap=16, batch_size=3, precision="bf16", merge=False, progress=False,
-                                   overwrite=True, file_bands=("blue", "red"), scale=0.01, blend="mean")
+                                   overwrite=True, file_bands=("blue", "red"), scale=0.01, blend="mean", offset=-0.1,
+                                   geometry="native", ignore_nodata=True, tta="d4", tta_scales=(0.75, 1.0))
     assert (options.tile_overlap, options.stride) == (16, 240)
 
 
@@ -538,13 +541,14 @@ def test_building_the_cli_parser_imports_neither_torch_nor_numpy():
                                         ("num_workers", -1), ("precision", "fp64"), ("format", "jpg"),
                                         ("blend", "max"), ("shard_index", 1), ("num_shards", 0), ("scale", 0.0),
                                         ("tile", "512"), ("merge", "no"), ("file_bands", ["red", ""]),
-                                        ("device", "")])
+                                        ("device", ""), ("offset", float("inf")), ("geometry", "warped"),
+                                        ("tta", "d8"), ("tta_scales", [0.5, 0.0]), ("tta_scales", ["x"])])
 def test_a_bad_setting_raises_a_value_error_naming_it(name, value):
     from vadapt.inference import InferOptions
 
     with pytest.raises(ValueError, match=rf"^{name} ") as raised:
         InferOptions(**{name: value})
-    assert repr(value if name != "file_bands" else tuple(value)) in str(raised.value)
+    assert repr(value if name not in ("file_bands", "tta_scales") else tuple(value)) in str(raised.value)
 
 
 def test_infer_checks_its_settings_before_touching_anything(tmp_path, checkpoint, capsys):
@@ -595,11 +599,12 @@ def test_option_choices_match_the_engine():
     from typing import get_args
 
     from vadapt import tiling
-    from vadapt.inference import engine
+    from vadapt.inference import engine, tta
     from vadapt.inference.options import CHOICES
 
     assert set(CHOICES["blend"]) == set(get_args(tiling.Blend))
     assert set(CHOICES["precision"]) == set(engine.PRECISIONS)
+    assert CHOICES["tta"] == tta.TTA_MODES
 
 
 def test_the_app_tiles_with_the_infer_defaults(checkpoint):

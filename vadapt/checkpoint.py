@@ -2,9 +2,10 @@
 
 One ``.safetensors`` file holds every tensor that training changed (adapter *and* head) and, in its header
 metadata under ``vadapt_manifest``, a JSON manifest: the task class and its resolved init args (backbone
-name, weights, adapter config, bands, normalisation statistics, class names), the backbone's metadata, the
-parameter counts and the vadapt version. Given the backbone's upstream weights, the file rebuilds the model
-and its preprocessing (:mod:`vadapt.loading` does that: it sits above the tasks, this format below them). A
+name, weights, adapter config, bands, normalisation statistics, class names), how training read its data
+(value scale / offset, nodata, whole-image resize, pixel size: :mod:`vadapt.preprocessing`), the backbone's
+metadata, the parameter counts and the vadapt version. Given the backbone's upstream weights, the file rebuilds
+the model and its preprocessing (:mod:`vadapt.loading` does that: it sits above the tasks, this format below them). A
 *merged* checkpoint (``vadapt export --merge``) instead holds the full weights with
 LoRA folded in and needs nothing else.
 
@@ -49,6 +50,8 @@ def manifest_for(task: BaseTask, merged: bool = False) -> dict[str, Any]:
         "mean": task.input_mean.flatten().tolist(),
         "std": task.input_std.flatten().tolist(),
         "class_names": hp.get("class_names"),
+        # how training read its data (vadapt.preprocessing): prediction reads raw files the same way
+        "preprocessing": task.preprocessing.to_dict() if getattr(task, "preprocessing", None) else None,
         "parameters": task.parameter_counts(),
     }
 

@@ -218,7 +218,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     from the dataclass, so the command line and ``vadapt.infer()`` cannot disagree."""
     from dataclasses import MISSING, fields
 
-    from vadapt.inference.options import InferOptions, field_help, setting_type
+    from vadapt.inference.options import TUPLE_ITEMS, InferOptions, field_help, setting_type
 
     texts = field_help()
     for f in fields(InferOptions):
@@ -230,7 +230,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
                                 help=f"turn off: {text} (on by default)" if default else text)
             continue
-        extra: dict = {"nargs": "+", "type": str} if kind is tuple else {"type": kind}
+        extra: dict = {"nargs": "+", "type": TUPLE_ITEMS[f.name]} if kind is tuple else {"type": kind}
         if choices:
             extra["choices"] = choices
         shown = "" if default is None else f" (default {default})"
@@ -412,6 +412,12 @@ def run_predict_points(args: argparse.Namespace) -> int:
                             weights=args.weights, batch_size=args.batch_size, format=args.format,
                             category=args.category, device=args.device, overwrite=args.overwrite)
     print(report.summary())
+    print(f"preprocessing: {report.preprocessing}")
+    notes: dict[str, list[str]] = {}
+    for name, reason in report.warnings:  # one line per kind of note, not one per file
+        notes.setdefault(reason.split(":")[0] if reason.startswith("pixel size") else reason, []).append(name)
+    for reason, names in notes.items():
+        print(f"note: {reason}{f' ({len(names)} files, e.g. {names[0]})' if len(names) > 1 else f' ({names[0]})'}")
     if report.failed:
         print(f"{len(report.failed)} failed: see {Path(args.output) / 'failed.csv'}", file=sys.stderr)
     return 0 if report.ok else 1
@@ -477,6 +483,12 @@ def run_infer(args: argparse.Namespace) -> int:
     report = infer(args.checkpoint, args.output, input=args.input, input_a=args.input_a, input_b=args.input_b,
                    options=options)
     print(report.summary())
+    print(f"preprocessing: {report.preprocessing}")
+    notes: dict[str, list[str]] = {}
+    for name, reason in report.warnings:  # one line per kind of note, not one per file
+        notes.setdefault(reason.split(":")[0] if reason.startswith("pixel size") else reason, []).append(name)
+    for reason, names in notes.items():
+        print(f"note: {reason}{f' ({len(names)} files, e.g. {names[0]})' if len(names) > 1 else f' ({names[0]})'}")
     if report.failed:
         print(f"{len(report.failed)} failed: see {args.output}/failed*.csv", file=sys.stderr)
     return 0 if report.ok else 1

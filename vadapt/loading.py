@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from vadapt.checkpoint import AdapterCheckpointError, load_adapter_into, load_checked, read_manifest
 from vadapt.contracts import TaskCapabilities
+from vadapt.preprocessing import Preprocessing
 from vadapt.weights import load_weights_only
 
 if TYPE_CHECKING:
@@ -53,12 +54,16 @@ def task_from_config_file(path: str, **overrides: Any):
     return build_task(model["class_path"], {**(model.get("init_args") or {}), **overrides})
 
 
-def load_adapter(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
+def load_adapter(path: str | os.PathLike, weights: str | None = None, raw_inputs: bool = True) -> BaseTask:
     """Rebuild the task stored in ``path`` and load its tensors; ready for ``eval()``.
 
     Args:
         weights: where the backbone's upstream weights are, overriding the manifest's ``weights`` (the
             training machine's path rarely exists elsewhere). Ignored for merged checkpoints.
+        raw_inputs: the task takes file values as they are and applies the value scale / offset training used
+            (``task.preprocessing``, from the checkpoint), so ``task(x)`` on an image read from disk predicts as
+            training saw it. ``False``: it takes values already scaled the way the datamodule fed them (to go
+            on training with the datamodule). Checkpoints from before the record take values as they are.
     """
     manifest = read_manifest(path)
     problem = _manifest_problem(manifest)
@@ -72,7 +77,15 @@ def load_adapter(path: str | os.PathLike, weights: str | None = None) -> BaseTas
         init_args["weights"] = weights
     task = _build_stored(task_class, init_args, path)
     load_adapter_into(task, path, manifest)
+    task.use_preprocessing(_record(manifest.get("preprocessing"), path), raw_inputs)
     return task
+
+
+def _record(value: Any, source: str | os.PathLike) -> Preprocessing | None:
+    try:
+        return Preprocessing.from_dict(value, str(source))
+    except ValueError as exc:
+        raise AdapterCheckpointError(str(exc)) from None
 
 
 def _manifest_problem(manifest: Any) -> str | None:
@@ -111,7 +124,8 @@ def _build_stored(class_path: str, init_args: dict[str, Any], source: str | os.P
                                      f"({detail[:300]}{'...' if len(detail) > 300 else ''})") from None
 
 
-def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
+def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = None, raw_inputs: bool = True
+                              ) -> BaseTask:
     """Rebuild a task from a Lightning ``.ckpt`` written by a vadapt task (read with ``weights_only=True``)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -128,16 +142,18 @@ def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = Non
     task = _build_stored(task_class, init_args, path)
     made_for = {"backbone": init_args.get("backbone"), "adapter": init_args.get("adapter")}
     load_checked(task, state, str(path), made_for)
+    task.use_preprocessing(_record(ckpt.get("vadapt_preprocessing"), path), raw_inputs)
     return task
 
 
-def load_task(path: str | os.PathLike, weights: str | None = None) -> BaseTask:
-    """A task from either kind of file: vadapt ``.safetensors`` or Lightning ``.ckpt``."""
+def load_task(path: str | os.PathLike, weights: str | None = None, raw_inputs: bool = True) -> BaseTask:
+    """A task from either kind of file: vadapt ``.safetensors`` or Lightning ``.ckpt`` (``raw_inputs``: see
+    :func:`load_adapter`)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if Path(path).suffix == ".safetensors":
-        return load_adapter(path, weights)
-    return load_lightning_checkpoint(path, weights)
+        return load_adapter(path, weights, raw_inputs)
+    return load_lightning_checkpoint(path, weights, raw_inputs)
 
 
 def known_task_classes() -> dict[str, type[BaseTask]]:

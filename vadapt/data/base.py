@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .io import BandReader, DataError, FileInfo, MaskReader, Window, row_windows
 
-Augment = Literal["hflip", "vflip", "rot90"]
+# training augmentations by name (table and details: vadapt.data.augment): geometric, then photometric "travel" ones
+Augment = Literal["hflip", "vflip", "rot90", "band_gain", "gamma", "haze", "blur"]
 Size = int | tuple[int, int]
 SPLITS = ("train", "val", "test")
 
@@ -193,21 +194,25 @@ def _pad_if_needed(size: tuple[int, int], ignore_index: int):
     return A.PadIfNeeded(size[0], size[1], border_mode=cv2.BORDER_CONSTANT, **fill)
 
 
-def flips(augment: Sequence[str]) -> list:
-    import albumentations as A
+def augmentations(augment: Sequence[str]) -> list:
+    """albumentations transforms of the ``augment`` entries, in the order given: geometric ones (``hflip``,
+    ``vflip``, ``rot90``) move image and mask alike, photometric ones (``band_gain``, ``gamma``, ``haze``,
+    ``blur``) change only the images. Unknown entries are a ``DataError`` listing the valid names."""
+    from .augment import build_augmentations
 
-    table = {"hflip": A.HorizontalFlip, "vflip": A.VerticalFlip, "rot90": A.RandomRotate90}
-    unknown = [a for a in augment if a not in table]
-    if unknown:
-        raise DataError(f"augment has unknown entries {unknown}; choose from {sorted(table)}")
-    return [table[a](p=0.5) if a != "rot90" else table[a](p=1.0) for a in augment]
+    return build_augmentations(augment)
 
 
 def train_transform(size: tuple[int, int] | None, mode: str, augment: Sequence[str],
                     scale_range: Sequence[float] | None, ignore_index: int):
-    """albumentations pipeline for training: (random scale) + random crop (padded) or resize, then flips."""
+    """albumentations pipeline for training: (random scale) + random crop (padded) or resize, then the
+    ``augment`` entries (flips / rotations, photometric changes of the image only).
+
+    A ``SeededCompose``: re-seeding it per item (``set_random_seed``) seeds one stream for all its transforms."""
     import albumentations as A
     import cv2
+
+    from .augment import SeededCompose
 
     steps: list = []
     if scale_range is not None:
@@ -224,7 +229,7 @@ def train_transform(size: tuple[int, int] | None, mode: str, augment: Sequence[s
             raise DataError(f"train_mode must be 'random_crop' or 'resize', got {mode!r}")
     if "rot90" in augment and (size is None or size[0] != size[1]):
         raise DataError("augment 'rot90' needs a square train size (it would change the crop's shape)")
-    return A.Compose(steps + flips(augment))
+    return SeededCompose(steps + augmentations(augment))
 
 
 def eval_transform(size: tuple[int, int] | None):
@@ -241,10 +246,12 @@ def augment_pair(transform, image: np.ndarray, mask: np.ndarray) -> tuple[np.nda
 
     albumentations 2 keeps its own random state, copied unchanged into every DataLoader worker and deaf to
     ``seed_everything``; re-seeding it from torch (seeded per worker by PyTorch) makes the augmentations
-    differ between workers and repeat with the seed.
+    differ between workers and repeat with the seed. One stream is shared by all the pipeline's transforms
+    (``vadapt.data.augment.seed_transform``): seeding each alike would correlate their draws.
     """
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
+    from .augment import seed_transform
+
+    seed_transform(transform, int(torch.randint(0, 2**31 - 1, ())))
     out = transform(image=image, mask=mask.astype(np.int32))
     return out["image"], out["mask"]
 

@@ -43,9 +43,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vadapt.bands import RGB
+from vadapt.preprocessing import Preprocessing
 
 from .base import Augment, Size, as_size, resolve_root, run_parallel, train_transform
 from .io import BandReader, DataError, FileInfo, MaskDecoder, MaskReader
+from .record import describe
 
 SPLITS = ("train", "val", "test")
 
@@ -158,6 +160,7 @@ class ChangeDetectionDataModule(L.LightningDataModule):
         label_folder: str = "label",
         bands: tuple[str, ...] = RGB,
         scale: float = 1.0,
+        offset: float = 0.0,
         label_map: dict[int, int] | None = None,
         ignore_index: int = 255,
         train_size: Size | None = 256,
@@ -176,7 +179,9 @@ class ChangeDetectionDataModule(L.LightningDataModule):
             a_folder, b_folder, label_folder: folder names of the first date, second date and labels
                 (SYSU-CD: ``time1``, ``time2``, ``label``).
             bands: bands of both dates, by name (must match the task's ``bands``).
-            scale: multiplied into the image values (``1/255`` for 8-bit photos and the default statistics).
+            scale: multiplied into the image values (``1/255`` for 8-bit photos and the default statistics);
+                recorded in the adapter checkpoint, so ``vadapt infer`` applies it to raw files by itself.
+            offset: added after ``scale``; recorded like it.
             label_map: label value -> class (default ``{0: 0, 255: 1}``; ``{0: 0, 1: 1}`` for 0/1 labels);
                 other values are an error naming the file.
             ignore_index: label value of unknown / padded pixels (set the task's ``ignore_index`` to it).
@@ -199,7 +204,7 @@ class ChangeDetectionDataModule(L.LightningDataModule):
         self.ignore_index, self.check_files = ignore_index, check_files
         decoder = MaskDecoder(label_map={0: 0, 255: 1} if label_map is None else label_map, num_classes=2,
                               ignore_index=ignore_index)
-        self.reader = PairReader(BandReader(bands, scale=scale), MaskReader(decoder))
+        self.reader = PairReader(BandReader(bands, scale=scale, offset=offset), MaskReader(decoder))
         self.train_size = as_size(train_size, "train_size")
         self.train_tf = train_transform(self.train_size, "random_crop", augment, None, ignore_index)
         self.train_tf.add_targets({"image_b": "image"})
@@ -250,6 +255,10 @@ class ChangeDetectionDataModule(L.LightningDataModule):
             for info, indexes in ((pair.a, pair.indexes_a), (pair.b, pair.indexes_b)):
                 image, invalid = self.reader.bands.read(info, indexes)
                 yield image, ~invalid
+
+    def preprocessing(self) -> Preprocessing:
+        """How the model saw the pairs (value scale, nodata; native-scale crops): stored in its checkpoints."""
+        return describe(self.reader.bands, [pair.a for pair in self.find_pairs("train")])
 
     def find_pairs(self, split: str) -> list[ChangePair]:
         hp = self.hparams

@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 
 from vadapt.bands import RGB
+from vadapt.preprocessing import Preprocessing
 
 from .base import (
     Augment,
@@ -49,6 +50,7 @@ from .base import (
     train_transform,
 )
 from .io import BandReader, DataError, MaskDecoder, MaskReader, NodataOption
+from .record import describe
 
 
 def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -88,6 +90,7 @@ class FolderSegmentationDataModule(SegmentationDataModule):
         bands: tuple[str, ...] = RGB,
         file_bands: list[str] | None = None,
         scale: float = 1.0,
+        offset: float = 0.0,
         nodata: NodataOption = "file",
         nodata_rule: Literal["all", "any"] = "all",
         label_map: dict[int, int] | None = None,
@@ -124,6 +127,9 @@ class FolderSegmentationDataModule(SegmentationDataModule):
                 descriptions); checked against the files' own names when they have them.
             scale: multiplied into the image values, e.g. ``0.00392156862745098`` (1/255) to feed 8-bit photos in
                 [0, 1] as the backbones' default (pretraining) ``mean``/``std`` expect. Default 1: raw values.
+                Recorded in the adapter checkpoint: ``vadapt infer`` applies it to raw files by itself.
+            offset: added after ``scale`` (e.g. -0.1 for Sentinel-2 L2A from processing baseline 04.00); recorded
+                like ``scale``.
             nodata: ``"file"`` (each file's nodata value), a number, or null; NaN is always nodata. Nodata
                 pixels get mask ``ignore_index`` and image value 0.
             nodata_rule: a pixel is nodata when ``"all"`` (default, as GDAL) or ``"any"`` of its bands are.
@@ -138,7 +144,8 @@ class FolderSegmentationDataModule(SegmentationDataModule):
                 padding in the batch).
             train_mode: ``random_crop`` (padded where the image is smaller) or ``resize`` (whole image).
             scale_range: random rescale ``[low, high]`` before cropping (e.g. ``[0.5, 2.0]``); null: none.
-            val_size: null = full size (padded per batch, see the class docs) or ``S`` / ``[H, W]`` to resize.
+            val_size: null = full size (padded per batch, see the class docs), or with ``train_mode: resize``
+                the ``train_size`` (as prediction will resize); ``S`` / ``[H, W]`` to resize to that size.
             augment: training flips / rotations among ``hflip``, ``vflip``, ``rot90`` (square sizes only).
             batch_size, val_batch_size, num_workers: data loader settings (``val_batch_size`` defaults to
                 ``batch_size``).
@@ -161,9 +168,11 @@ class FolderSegmentationDataModule(SegmentationDataModule):
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.train_size = as_size(train_size, "train_size")
         self.val_size = as_size(val_size, "val_size")
+        if self.val_size is None and train_mode == "resize":
+            self.val_size = self.train_size  # validate the way the model will predict: whole images resized
         self.ignore_index, self.check_files = ignore_index, check_files
         self.loader = SampleLoader(
-            BandReader(bands, file_bands, scale, nodata, nodata_rule),
+            BandReader(bands, file_bands, scale, nodata, nodata_rule, offset=offset),
             MaskReader(MaskDecoder(label_map, color_map, mask_threshold, other_class, num_classes, ignore_index)),
         )
         self.train_tf = train_transform(self.train_size, train_mode, augment, scale_range, ignore_index)
@@ -194,3 +203,8 @@ class FolderSegmentationDataModule(SegmentationDataModule):
 
     def make_dataset(self, split: str, samples: list[Sample]) -> FileDataset:
         return FileDataset(samples, self.loader, self.train_tf if split == "train" else self.eval_tf)
+
+    def preprocessing(self) -> Preprocessing:
+        """How the model saw the images (value scale, nodata, whole-image resize): stored in its checkpoints."""
+        resize = self.train_size if self.hparams.train_mode == "resize" else self.val_size
+        return describe(self.loader.bands, [s.image for s in self.samples("train")], resize)

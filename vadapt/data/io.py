@@ -274,6 +274,7 @@ class BandReader:
         bands: bands to return, by name, in this order.
         file_bands: names of the files' bands when the files do not name them (or to check that they match).
         scale: multiplied into the values (after nodata detection).
+        offset: added after ``scale`` (e.g. -0.1 for Sentinel-2 L2A reflectance from processing baseline 04.00).
         nodata: ``"file"`` (the file's own nodata value, if any), a number, or ``None`` (no nodata value).
             NaN is always nodata.
         nodata_rule: a pixel is nodata when ``"all"`` (or ``"any"``) of its selected bands equal the nodata value.
@@ -284,7 +285,8 @@ class BandReader:
 
     def __init__(self, bands: Sequence[str], file_bands: Sequence[str] | None = None, scale: float = 1.0,
                  nodata: NodataOption = "file", nodata_rule: Literal["all", "any"] = "all",
-                 nodata_fill: float = 0.0, max_pixels: int | None = None, allow_vrt: bool | None = None) -> None:
+                 nodata_fill: float = 0.0, max_pixels: int | None = None, allow_vrt: bool | None = None,
+                 offset: float = 0.0) -> None:
         from vadapt.bands import check_bands
 
         try:
@@ -300,6 +302,7 @@ class BandReader:
         if nodata is not None and nodata != "file" and not isinstance(nodata, (int, float)):
             raise DataError(f"nodata must be 'file', a number or null, got {nodata!r}")
         self.scale, self.nodata, self.nodata_rule, self.nodata_fill = float(scale), nodata, nodata_rule, nodata_fill
+        self.offset = float(offset)
         self.want_rgb = all(b in RGB for b in self.bands)
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
         self.allow_vrt = allow_vrt
@@ -348,6 +351,8 @@ class BandReader:
         scale = self.scale * info.scale
         if scale != 1.0:
             image *= np.float32(scale)
+        if self.offset:
+            image += np.float32(self.offset)
         if invalid.any():
             image[invalid] = self.nodata_fill
         return image, invalid
@@ -357,6 +362,17 @@ class BandReader:
         if not hits:
             return np.zeros(raw.shape[:2], dtype=bool)
         return np.logical_and.reduce(hits) if self.nodata_rule == "all" else np.logical_or.reduce(hits)
+
+
+def pixel_size(info: FileInfo) -> float | None:
+    """The pixel size (mean of the x and y sizes, in CRS units) of a georeferenced GDAL raster, else ``None``."""
+    if info.kind != "gdal":
+        return None
+    with open_raster(info.path, info.allow_vrt) as src:
+        if src.crs is None or src.transform.is_identity:
+            return None
+        x, y = src.res
+        return (abs(x) + abs(y)) / 2
 
 
 def _all_described(info: FileInfo) -> bool:

@@ -34,8 +34,8 @@ from .base import (
     SampleLoader,
     SegmentationDataModule,
     augment_pair,
+    augmentations,
     find_images,
-    flips,
     pad_to,
     pair_masks,
     resolve_root,
@@ -60,7 +60,7 @@ class RandomWindows(Dataset):
         self.ignore_index, self.min_valid = ignore_index, min_valid_fraction
         areas = torch.tensor([float(s.region[2] * s.region[3]) for s in samples])
         self.weights = areas / areas.sum()
-        self.transform = A.Compose(flips(augment)) if augment else None
+        self.transform = A.Compose(augmentations(augment)) if augment else None
 
     def __len__(self) -> int:
         return self.length
@@ -195,7 +195,7 @@ class RasterSegmentationDataModule(SegmentationDataModule):
             BandReader(bands, file_bands, scale, nodata, nodata_rule),
             MaskReader(MaskDecoder(label_map, color_map, None, other_class, num_classes, ignore_index)),
         )
-        flips(augment)  # unknown entries are an error now
+        augmentations(augment)  # unknown entries are an error now
 
     def has_split(self, split: str) -> bool:
         hp = self.hparams

@@ -4,7 +4,8 @@ Each file holds ``img`` ``(H, W, C)`` (any numeric dtype), ``msk`` ``(H, W)`` or
 and optionally ``bands`` (C names) and ``scale`` (multiplied into ``img``, e.g. 1e-4 for reflectance stored as
 uint16). Bands are selected by name (a missing band is an error). The bottom ``val_fraction`` of every scene's
 rows is held out: validation tiles it without overlap, training samples random crops with flips and
-90-degree rotations (albumentations, applied identically to image and mask) from the rest.
+90-degree rotations (albumentations, applied identically to image and mask) from the rest. ``val_fraction: 0``
+trains on whole scenes without validation.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vadapt.bands import select_bands
+from vadapt.preprocessing import Preprocessing
 
 from .base import augment_pair
-from .safe_open import load_npz_arrays, npz_keys
+from .safe_open import DataError, load_npz_arrays, npz_keys
 
 
 def load_scene(
@@ -39,7 +41,11 @@ def load_scene(
     data = load_npz_arrays(path, ["img", "msk", "bands", "scale"])
     names = [str(b) for b in data["bands"]] if "bands" in data else file_bands
     if names is None:
-        raise ValueError(f"{path} does not name its bands: add a `bands` array or set file_bands")
+        count = data["img"].shape[-1] if data["img"].ndim == 3 else 1
+        guess = f" (if they are the configured bands in this order: file_bands: [{', '.join(bands)}])" \
+            if count == len(bands) else ""
+        raise ValueError(f"{path} does not name its {count} bands: set file_bands in the data config{guess}, or "
+                         "save the file with a `bands` array of names")
     image = select_bands(data["img"], names, bands).astype(np.float32)
     if "scale" in data:
         image *= np.float32(data["scale"])
@@ -125,14 +131,18 @@ class SceneDataModule(L.LightningDataModule):
             file_bands: band names of the files when they do not store ``bands`` themselves.
             label_map: mask code -> class id; unmapped codes become ``ignore_index``.
             samples_per_epoch: random training crops per epoch.
-            val_fraction: share of each scene's rows (from the bottom) held out for validation and test.
+            val_fraction: share of each scene's rows (from the bottom) held out for validation and test; 0 trains
+                on the whole scenes, without validation.
         """
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"val_fraction must be in [0, 1) (0: train on whole scenes, no validation), got "
+                            f"{val_fraction}")
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"scene file not found: {p}")
+        if crop_size < 1 or samples_per_epoch < 1:
+            raise DataError(f"crop_size and samples_per_epoch must be >= 1, got {crop_size}, {samples_per_epoch}")
         # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
         # ignore_index) with different values; LightningCLI saves the whole config.yaml anyway
         self.save_hyperparameters(logger=False)
@@ -147,7 +157,7 @@ class SceneDataModule(L.LightningDataModule):
             train.append((image[:cut], mask[:cut]))
             held.append((image[cut:], mask[cut:]))
         self.train_set = RandomCrops(train, hp.crop_size, hp.samples_per_epoch)
-        self.val_set = Tiles(held, hp.crop_size, hp.ignore_index)
+        self.val_set = Tiles(held, hp.crop_size, hp.ignore_index) if hp.val_fraction > 0 else None
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -157,14 +167,18 @@ class SceneDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def predict_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def preprocessing(self) -> Preprocessing:
+        """How the model saw the scenes: the files' own ``scale`` only, native scale, no nodata value (NaN)."""
+        return Preprocessing(nodata=None)
 
     @property
     def bands(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,11 +31,13 @@ from typing import Any, get_args
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from vadapt.data.io import BandReader, DataError, FileInfo
 from vadapt.data.registration import Grid, grid_mismatch
 from vadapt.data.safe_open import open_raster
+from vadapt.preprocessing import Preprocessing, pixel_size_note
 from vadapt.tiling import Blend, RowBlender, tile_grid
 from vadapt.visualize import PALETTE, overlay, rgb_composite
 
@@ -50,6 +53,8 @@ from .files import (
 )
 from .fuse import fold_batch_norms
 from .options import InferOptions, Precision, check_choice
+from .resampling import Plan, plan
+from .tta import TestTimeAugmentation
 
 os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) would dwarf our own buffers
 PRECISIONS: dict[Precision, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,6 +75,10 @@ class InferReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: run-wide notes said once (an old checkpoint without its preprocessing record, pixel sizes ...)
+    notes: list[str] = field(default_factory=list)
+    #: what the run did to the values and geometry (the checkpoint's record, flags applied)
+    preprocessing: str = ""
     tiles: int = 0
     seconds: float = 0.0  # the whole run
     load_seconds: float = 0.0  # of which loading the model
@@ -95,8 +104,10 @@ class TileStream(IterableDataset):
     then ``("end", i)``, or ``("error", i, reason)`` as soon as something is wrong with the file."""
 
     def __init__(self, jobs: Sequence[Job], reader: BandReader, fill: Sequence[float], tile: int, stride: int,
-                 min_side: int = MIN_SIDE, align: bool = False, num_classes: int = 2) -> None:
+                 min_side: int = MIN_SIDE, align: bool = False, num_classes: int = 2,
+                 record: Preprocessing | None = None, native: bool = False) -> None:
         self.jobs, self.reader, self.tile, self.stride, self.min_side = list(jobs), reader, tile, stride, min_side
+        self.record, self.native = record, native  # how training saw images (geometry), unless native
         self.num_classes = num_classes  # sizes the blender's row buffer (see _check)
         self.align = align  # change pairs: warp the second image onto the first's grid instead of refusing
         self.fill = np.asarray(fill, dtype=np.float32)
@@ -120,7 +131,7 @@ class TileStream(IterableDataset):
         try:
             # formats without windowed reads (PNG/JPEG, .npz) are decoded once; GeoTIFF / .npy by window
             whole = [self.reader.read(info, idx) if info.kind in ("pil", "npz") else None for info, idx in opened]
-            for window in tile_grid(meta["height"], meta["width"], self.tile, self.stride):
+            for window in tile_grid(meta["height"], meta["width"], meta["plan"].tile, meta["plan"].stride):
                 parts, invalid = [], None
                 for (info, idx), full in zip(opened, whole):
                     image, bad = self._read(info, idx, full, window)
@@ -164,14 +175,23 @@ class TileStream(IterableDataset):
         if min(first.height, first.width) < self.min_side:
             raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
                             f"{self.min_side} px per side")
+        job_plan, note = plan(self.record, first.height, first.width, self.tile, self.stride, self.native)
         # the blender holds one tile row of float32 scores and weights: memory grows with the width, not the height
-        row_bytes = 4 * (self.num_classes + 1) * min(self.tile, first.height) * first.width
+        row_bytes = 4 * (self.num_classes + 1) * min(job_plan.tile, first.height) * first.width
         if row_bytes > MAX_ROW_BYTES:
             raise DataError(f"{first.path} is {first.width:,} px wide: one row of {self.tile}-px tiles would hold "
                             f"{row_bytes / 2**30:.1f} GiB of scores (the limit is {MAX_ROW_BYTES / 2**30:.0f} GiB); "
                             f"use a smaller --tile (it scales with the tile) or split the raster into strips")
-        meta = {"height": first.height, "width": first.width, "geo": geo,
-                "declares_nodata": any(v is not None for v in first.nodata)}
+        meta = {"height": first.height, "width": first.width, "geo": geo, "plan": job_plan,
+                "declares_nodata": self.reader.nodata is not None and (
+                    self.reader.nodata != "file" or any(v is not None for v in first.nodata)),
+                "notes": [note] if note else []}
+        if geo is not None and "transform" in geo and self.record is not None and geo.get("crs") is not None:
+            transform = geo["transform"]
+            found = (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
+            size_note = pixel_size_note(self.record.pixel_size, found)
+            if size_note:
+                meta["notes"].append(size_note)
         return meta, checked
 
 
@@ -217,11 +237,11 @@ def _single_thread_worker(_: int) -> None:
 class OpenJob:
     """One image being predicted: its blender, its output files and its small preview for ``--overlay``."""
 
-    def __init__(self, job: Job, meta: dict[str, Any], tile: int, stride: int, blend: Blend, num_classes: int,
-                 bands: Sequence[str]) -> None:
+    def __init__(self, job: Job, meta: dict[str, Any], blend: Blend, num_classes: int, bands: Sequence[str]) -> None:
         self.job, self.meta, self.bands = job, meta, bands
         height, width = meta["height"], meta["width"]
-        self.blender = RowBlender(height, width, tile, stride, blend)
+        self.plan: Plan = meta["plan"]
+        self.blender = RowBlender(height, width, self.plan.tile, self.plan.stride, blend)
         self.ended = False
         self.invalid_pixels = 0
         suffix = job.mask.suffix.lower()
@@ -299,10 +319,12 @@ class OpenJob:
 
 # ---- the run ------------------------------------------------------------------------------------------------
 class Predictor:
-    """The checkpoint's model as ``(N, C·inputs, h, w)`` raw values -> ``(N, K, h, w)`` probabilities."""
+    """The checkpoint's model as ``(N, C·inputs, h, w)`` raw values -> ``(N, K, h, w)`` probabilities, optionally
+    resampled to the size the model was trained at and back, and with test-time augmentation."""
 
     def __init__(self, task: torch.nn.Module, device: str, merge: bool = InferOptions.merge,
-                 precision: Precision = InferOptions.precision, fold_norms: bool = InferOptions.merge) -> None:
+                 precision: Precision = InferOptions.precision, fold_norms: bool = InferOptions.merge,
+                 tta: TestTimeAugmentation | None = None) -> None:
         from vadapt.adapters import can_merge, merge_adapter
 
         caps = task.capabilities
@@ -333,13 +355,24 @@ class Predictor:
         self.bands = list(task.backbone.bands)
         self.num_classes = int(task.hparams.get("num_classes", 2))
         self.class_logits = task.class_logits  # (N, K, h, w) class logits of the task's inputs
+        self.tta = tta or TestTimeAugmentation()
 
     @torch.inference_mode()
-    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tiles: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Probabilities ``(N, K, h, w)`` of ``(N, C·inputs, h, w)`` tiles; with ``size``, the tiles are resized to
+        it first (bilinear, as training's albumentations ``Resize``) and the probabilities resized back."""
         tiles = tiles.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        height, width = tiles.shape[-2:]
+        if size is not None and tuple(size) != (height, width):
+            tiles = F.interpolate(tiles, size=tuple(size), mode="bilinear", align_corners=False)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            logits = self.class_logits(*tiles.chunk(self.inputs, dim=1))
-        return logits.float().softmax(1).cpu()
+            probs = self.tta(self._logits, tiles).float()
+        if probs.shape[-2:] != (height, width):
+            probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+        return probs.cpu()
+
+    def _logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.class_logits(*tiles.chunk(self.inputs, dim=1))
 
 
 class FolderRun:
@@ -366,7 +399,8 @@ class FolderRun:
                     except Exception as exc:  # noqa: BLE001
                         self.fail(index, f"cannot create its output: {exc}")
                 elif kind == "tile" and index in self.open_jobs:
-                    self.pending.append(item)
+                    _, _, (_, _, h, w), _, _ = item
+                    self.pending.append((*item, self.open_jobs[index].plan.model_size(h, w)))
                     if len(self.pending) >= self.batch_size:
                         self.launch()
                 elif kind == "error":
@@ -399,17 +433,21 @@ class FolderRun:
             return
         self.open_jobs.pop(index)
         self.report.done.append(state.job.name)
+        for note in state.meta.get("notes", ()):
+            self.report.warnings.append((state.job.name, note))
         if state.invalid_pixels and not state.meta["declares_nodata"]:  # no nodata value: the pixels were NaN
             self.report.warnings.append(
                 (state.job.name, f"{state.invalid_pixels} NaN pixels written as nodata ({MASK_NODATA})"))
         self.bar.update()
 
     def predict_groups(self, batch: list[tuple]) -> list[tuple[list[tuple], torch.Tensor]]:
-        """Runs in a model thread: the batch's tiles grouped by size, each group through the model."""
-        groups: dict[tuple[int, ...], list[tuple]] = {}
+        """Runs in a model thread: the batch's tiles grouped by size (and the size the model takes them at), each
+        group through the model."""
+        groups: dict[tuple, list[tuple]] = {}
         for item in batch:
-            groups.setdefault(tuple(item[3].shape), []).append(item)
-        return [(items, self.predictor(torch.stack([item[3] for item in items]))) for items in groups.values()]
+            groups.setdefault((tuple(item[3].shape), item[5]), []).append(item)
+        return [(items, self.predictor(torch.stack([item[3] for item in items]), size))
+                for (_, size), items in groups.items()]
 
     def launch(self) -> None:
         batch, self.pending = self.pending, []
@@ -430,7 +468,7 @@ class FolderRun:
         touched = set()
         for items, probs in groups:
             self.report.tiles += len(items)
-            for (_, index, window, image, invalid), p in zip(items, probs):
+            for (_, index, window, image, invalid, _), p in zip(items, probs):
                 if index not in self.open_jobs:
                     continue
                 try:
@@ -523,22 +561,33 @@ def infer(
             notes.append(f"{len(report.failed)} failed, e.g. {report.failed[0][0]}: {report.failed[0][1]}")
         raise DataError(f"no input images to predict in {where}" + (f" ({'; '.join(notes)})" if notes else ""))
 
-    predictor = Predictor(load_task(checkpoint, opts.weights), opts.device, opts.merge, opts.precision,
-                          fold_norms=opts.merge)
+    task = load_task(checkpoint, opts.weights)
+    record = prepare_values(task, opts, report)
+    tta = TestTimeAugmentation(opts.tta, opts.tta_scales or (1.0,))
+    predictor = Predictor(task, opts.device, opts.merge, opts.precision, fold_norms=opts.merge, tta=tta)
     tile, stride = opts.tile, opts.stride
+    native = opts.geometry == "native" or record is None or record.resize is None
     largest = getattr(predictor.task, "img_size", None)  # SAM-family tasks take at most their encoder's size
-    if largest is not None and tile > largest:
+    if largest is not None and tile > largest and native:
         raise ValueError(f"--tile {tile} is larger than this model's input size {largest}: use --tile {largest} "
                          "or smaller")
+    if opts.tta != "none" or opts.tta_scales:
+        report.preprocessing += f"; test-time augmentation: {tta.describe()}"
+    if opts.progress:
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
     report.load_seconds = time.perf_counter() - started
     device_type = predictor.device.type
     batch_size = opts.batch_size_on(device_type)
     model_threads = opts.model_threads_on(device_type, torch.get_num_threads())
     num_workers = opts.num_workers
-    reader = BandReader(predictor.bands, opts.file_bands, opts.scale, max_pixels=opts.max_pixels,
-                        allow_vrt=opts.allow_vrt)
-    stream = TileStream(todo, reader, predictor.task.input_mean.flatten().tolist(), tile, stride, align=opts.align,
-                        num_classes=predictor.num_classes)
+    # values are read as they are in the files (the task applies the value scale); nodata as training read it
+    nodata, rule = (None, "all") if opts.ignore_nodata else (record.nodata, record.nodata_rule) if record else (
+        "file", "all")
+    reader = BandReader(predictor.bands, opts.file_bands, nodata=nodata, nodata_rule=rule,
+                        max_pixels=opts.max_pixels, allow_vrt=opts.allow_vrt)
+    stream = TileStream(todo, reader, predictor.task.raw_fill_values(), tile, stride, align=opts.align,
+                        num_classes=predictor.num_classes, record=record, native=opts.geometry == "native")
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,
                         prefetch_factor=2 * batch_size if num_workers else None)
@@ -546,8 +595,7 @@ def infer(
     bar = tqdm(total=len(todo), unit="file", disable=not opts.progress, dynamic_ncols=True,
                desc=f"vadapt infer{shard}")
     run = FolderRun(predictor, todo, report, bar, batch_size, model_threads,
-                    lambda job, meta: OpenJob(job, meta, tile, stride, opts.blend, predictor.num_classes,
-                                              predictor.bands))
+                    lambda job, meta: OpenJob(job, meta, opts.blend, predictor.num_classes, predictor.bands))
     intra_op = torch.get_num_threads()
     torch.set_num_threads(max(1, intra_op // model_threads))
     try:
@@ -558,6 +606,27 @@ def infer(
     report.seconds = time.perf_counter() - started
     write_report(report, output, opts.num_shards, opts.shard_index)
     return report
+
+
+def prepare_values(task: Any, opts: InferOptions, report: InferReport) -> Preprocessing | None:
+    """Make ``task`` take file values as they are: the checkpoint's value scale / offset, each replaced by its flag
+    when given. Returns the checkpoint's preprocessing record (``None`` for a checkpoint from before it, which is
+    noted in ``report``); ``report.preprocessing`` says what the run does."""
+    record = getattr(task, "preprocessing", None)
+    scale = opts.scale if opts.scale is not None else record.scale if record else 1.0
+    offset = opts.offset if opts.offset is not None else record.offset if record else 0.0
+    task.set_value_transform(scale, offset)
+    if record is None and opts.scale is None:
+        report.notes.append("the checkpoint does not record how training scaled its values (written by an older "
+                            "vadapt or outside a vadapt datamodule): values are fed as read; give --scale if "
+                            "training scaled them (e.g. 0.00392156862745098 for 8-bit photos read as 0..1)")
+    geometry = "native scale" if opts.geometry == "native" or record is None or record.resize is None else \
+        f"whole images resized to {record.resize[1]}x{record.resize[0]} px as in training"
+    nodata = "none (--ignore-nodata)" if opts.ignore_nodata else (
+        f"{record.nodata} ({record.nodata_rule} bands)" if record else "file (all bands)")
+    report.preprocessing = (f"values x {scale:.6g}{f' + {offset:.6g}' if offset else ''}; {geometry}; input nodata: "
+                            f"{nodata}; masks write {MASK_NODATA} where the input has no data")
+    return record
 
 
 def write_report(report: InferReport, output: Path, num_shards: int = 1, shard_index: int = 0) -> None:
@@ -576,6 +645,7 @@ def write_report(report: InferReport, output: Path, num_shards: int = 1, shard_i
     summary = {
         "done": report.done, "skipped": report.skipped, "ignored": report.ignored, "tiles": report.tiles,
         "seconds": round(report.seconds, 3), "load_seconds": round(report.load_seconds, 3),
+        "preprocessing": report.preprocessing, "mask_nodata": MASK_NODATA, "notes": report.notes,
         "failed": [{"input": n, "reason": r} for n, r in report.failed],
         "warnings": [{"input": n, "reason": r} for n, r in report.warnings],
     }

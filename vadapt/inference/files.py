@@ -231,14 +231,15 @@ class OutputFile:
         path: final path; the suffix picks the format: ``.tif`` (GeoTIFF, deflate-compressed, with ``geo`` from
             the input: CRS, transform, GCPs), ``.npy`` (``(H, W)`` or ``(H, W, bands)``, memory-mapped) or
             ``.png`` (kept in memory, written at commit; one band, with ``palette`` if given).
-        dtype, bands, nodata: pixel type, band count and the nodata value stored in GeoTIFFs.
+        dtype, bands, nodata: pixel type, band count and the nodata value (GeoTIFF: its nodata tag; 8-bit PNG: a
+            ``nodata`` text chunk, and that palette entry transparent).
     """
 
     def __init__(self, path: Path, height: int, width: int, bands: int, dtype: str, nodata: float | None,
                  geo: dict[str, Any] | None = None, palette: list[int] | None = None) -> None:
         self.path, self.tmp, self.suffix = path, temporary(path), path.suffix.lower()
         self.height, self.width, self.bands, self.dtype = height, width, bands, np.dtype(dtype)
-        self.palette = palette
+        self.palette, self.nodata = palette, nodata
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.suffix == ".tif":
             import rasterio
@@ -282,12 +283,20 @@ class OutputFile:
             del self._file
         else:
             from PIL import Image
+            from PIL.PngImagePlugin import PngInfo
 
             image = Image.frombytes("L" if self.palette is None else "P", (self.width, self.height),
                                     np.ascontiguousarray(self._file, dtype=np.uint8).tobytes())
+            extra: dict[str, Any] = {}
+            if self.nodata is not None and self.dtype == np.uint8:  # PNG has no nodata tag: a text chunk says it
+                info = PngInfo()
+                info.add_text("nodata", f"{self.nodata:g}")
+                extra["pnginfo"] = info
             if self.palette is not None:
                 image.putpalette(self.palette)
-            image.save(self.tmp, format="PNG")
+                if self.nodata is not None and 0 <= self.nodata <= 255:  # nodata shows transparent in viewers
+                    extra["transparency"] = bytes(255 if i != int(self.nodata) else 0 for i in range(256))
+            image.save(self.tmp, format="PNG", **extra)
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:

@@ -18,9 +18,14 @@ from typing import Any, Literal, get_args
 Precision = Literal["fp32", "bf16", "fp16"]
 OutputFormat = Literal["auto", "png", "tif", "npy"]
 Blend = Literal["ramp", "mean"]  # the engine's blends: vadapt.tiling.Blend (a test checks they agree)
+Geometry = Literal["trained", "native"]
+Tta = Literal["none", "flip", "d4"]  # vadapt.inference.tta.TTA_MODES (a test checks they agree)
 
 CHOICES: dict[str, tuple[str, ...]] = {"precision": get_args(Precision), "format": get_args(OutputFormat),
-                                       "blend": get_args(Blend)}
+                                       "blend": get_args(Blend), "geometry": get_args(Geometry),
+                                       "tta": get_args(Tta)}
+#: item type of the settings that are sequences
+TUPLE_ITEMS: dict[str, type] = {"file_bands": str, "tta_scales": float}
 MAX_OVERLAP = 64  # pixels: the overlap when none is given, for tiles of 4 × MAX_OVERLAP px and more
 
 
@@ -53,7 +58,19 @@ class InferOptions:
         shard_index: which shard this process runs, 0-based, less than num_shards.
         weights: backbone weights file to use instead of the path stored in the checkpoint.
         file_bands: band names of inputs that do not name their bands (in file order).
-        scale: positive factor applied to input values (e.g. 0.0001 for Sentinel-2 L1C digital numbers).
+        scale: positive factor applied to the file values, replacing the one training used (default: the
+            checkpoint's own, e.g. 1/255 for 8-bit photos; 1 for checkpoints that do not record it).
+        offset: added to the values after scale, replacing training's (default: the checkpoint's own, else 0).
+        geometry: trained: images are resized whole the way training resized them (checkpoints trained on
+            resized images), then predictions are resampled back onto the input's grid; native: every image
+            is predicted at its own pixel size.
+        ignore_nodata: treat every pixel as data, even those equal to the input's declared nodata value (for
+            files whose nodata flag is wrong, e.g. white paper in scanned maps declared nodata 255); default:
+            nodata is read as training read it.
+        tta: test-time augmentation, averaged in probability space: none, flip (3 passes: x3 the model time)
+            or d4 (8 rotations / flips: x8).
+        tta_scales: also predict at these scales (e.g. 0.75 1 1.25), each pass resampled back: multiplies the
+            model time by their number (and their area).
         blend: overlap blending: ramp (seamless) or mean (plain average, as mmsegmentation's slide mode).
         merge: fold LoRA/DoRA/SALT into the backbone weights and inference-mode batch norms into their
             convolutions first (faster, same predictions within float rounding).
@@ -81,7 +98,12 @@ class InferOptions:
     shard_index: int = 0
     weights: str | None = None
     file_bands: tuple[str, ...] | None = None
-    scale: float = 1.0
+    scale: float | None = None
+    offset: float | None = None
+    geometry: Geometry = "trained"
+    ignore_nodata: bool = False
+    tta: Tta = "none"
+    tta_scales: tuple[float, ...] | None = None
     blend: Blend = "ramp"
     max_pixels: int = 2**34  # vadapt.data.safe_open.DEFAULT_MAX_PIXELS (not imported: no numpy here)
     allow_vrt: bool = False
@@ -92,12 +114,20 @@ class InferOptions:
 
     def __post_init__(self) -> None:
         # normalise what is equivalent (a list of bands, a Path, an int scale), so equal settings compare equal
-        if isinstance(self.file_bands, list):
-            object.__setattr__(self, "file_bands", tuple(self.file_bands))
+        for name in TUPLE_ITEMS:
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.tta_scales, tuple):  # 1 or "0.75" (the command line) -> float
+            try:
+                object.__setattr__(self, "tta_scales", tuple(
+                    float(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v for v in self.tta_scales))
+            except ValueError:
+                _bad("tta_scales", self.tta_scales, "must be a non-empty sequence of numbers above 0")
         if isinstance(self.weights, os.PathLike):
             object.__setattr__(self, "weights", os.fspath(self.weights))
-        if type(self.scale) is int:
-            object.__setattr__(self, "scale", float(self.scale))
+        for name in ("scale", "offset"):
+            if type(getattr(self, name)) is int:
+                object.__setattr__(self, name, float(getattr(self, name)))
         for f in fields(self):
             kind, optional, choices = setting_type(f.name)
             value = getattr(self, f.name)
@@ -105,9 +135,13 @@ class InferOptions:
                 continue
             if choices:
                 check_choice(f.name, value)
-            elif kind is tuple:
+            elif kind is tuple and TUPLE_ITEMS[f.name] is str:
                 if not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value):
                     _bad(f.name, value, "must be a non-empty sequence of names")
+            elif kind is tuple:
+                if not isinstance(value, tuple) or not value or not all(
+                        isinstance(v, float) and math.isfinite(v) and v > 0 for v in value):
+                    _bad(f.name, value, "must be a non-empty sequence of numbers above 0")
             elif not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                 _bad(f.name, value, f"must be {_TYPE_WORDS[kind]}{' or None' if optional else ''}")
         if self.tile < 1:
@@ -123,8 +157,10 @@ class InferOptions:
             _bad("shard_index", self.shard_index, f"must be in [0, num_shards={self.num_shards})")
         if not self.device.strip():
             _bad("device", self.device, "must name a torch device such as cpu or cuda:0")
-        if not (math.isfinite(self.scale) and self.scale > 0):
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
             _bad("scale", self.scale, "must be a finite number above 0")
+        if self.offset is not None and not math.isfinite(self.offset):
+            _bad("offset", self.offset, "must be a finite number")
 
     # ---- what None means ----------------------------------------------------------------------------------
     @property
@@ -194,8 +230,9 @@ def field_help() -> dict[str, str]:
 
 # the annotations (strings: ``from __future__ import annotations``) -> (type, None allowed, choices)
 _TYPES: dict[str, tuple[type, bool]] = {"int": (int, False), "int | None": (int, True), "float": (float, False),
-                                        "bool": (bool, False), "str": (str, False), "str | None": (str, True),
-                                        "tuple[str, ...] | None": (tuple, True)}
+                                        "float | None": (float, True), "bool": (bool, False), "str": (str, False),
+                                        "str | None": (str, True), "tuple[str, ...] | None": (tuple, True),
+                                        "tuple[float, ...] | None": (tuple, True)}
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "True or False", str: "a string"}
 
 
