@@ -20,7 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vadapt.preprocessing import Preprocessing
+
 from .io import BandReader, DataError, FileInfo, MaskReader, Window, row_windows
+from .record import describe
 
 # training augmentations by name (table and details: vadapt.data.augment): geometric, then photometric "travel" ones
 Augment = Literal["hflip", "vflip", "rot90", "band_gain", "gamma", "haze", "blur"]
@@ -372,6 +375,14 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader | list:
         return self._loader("test" if self.has_split("test") else "val")
+
+    def preprocessing(self) -> Preprocessing:
+        """How the model saw the images (value scale, nodata, whole-image resize, pixel size): the task stores it
+        in its checkpoints so that prediction reads raw files the same way."""
+        resize = getattr(self, "val_size", None)
+        if self.hparams.get("train_mode") == "resize":
+            resize = getattr(self, "train_size", None)
+        return describe(self.loader.bands, [s.image for s in self.samples("train")], resize)
 
     def iter_stat_pixels(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(image (h, w, C) float32, valid (h, w) bool)`` strips of every training file's training region,

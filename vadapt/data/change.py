@@ -186,7 +186,8 @@ class ChangeDetectionDataModule(L.LightningDataModule):
                 other values are an error naming the file.
             ignore_index: label value of unknown / padded pixels (set the task's ``ignore_index`` to it).
             train_size: random-crop size ``S`` or ``[H, W]`` (padded where a pair is smaller); null = whole pairs.
-            augment: training flips / rotations among ``hflip``, ``vflip``, ``rot90``, applied to both dates
+            augment: training flips / rotations among ``hflip``, ``vflip``, ``rot90`` and the photometric
+                ``band_gain``, ``gamma``, ``haze``, ``blur`` (``docs/travel.md``), applied to both dates
                 and the label alike.
             batch_size, val_batch_size, num_workers: data loader settings.
             check_files: in ``setup``, decode every pair once, so corrupt files and bad label values stop the

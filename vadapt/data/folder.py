@@ -32,7 +32,6 @@ from typing import Literal
 import numpy as np
 
 from vadapt.bands import RGB
-from vadapt.preprocessing import Preprocessing
 
 from .base import (
     Augment,
@@ -50,7 +49,6 @@ from .base import (
     train_transform,
 )
 from .io import BandReader, DataError, MaskDecoder, MaskReader, NodataOption
-from .record import describe
 
 
 def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -146,7 +144,9 @@ class FolderSegmentationDataModule(SegmentationDataModule):
             scale_range: random rescale ``[low, high]`` before cropping (e.g. ``[0.5, 2.0]``); null: none.
             val_size: null = full size (padded per batch, see the class docs), or with ``train_mode: resize``
                 the ``train_size`` (as prediction will resize); ``S`` / ``[H, W]`` to resize to that size.
-            augment: training flips / rotations among ``hflip``, ``vflip``, ``rot90`` (square sizes only).
+            augment: training augmentations: flips / rotations among ``hflip``, ``vflip``, ``rot90`` (square sizes
+                only), and the photometric ``band_gain``, ``gamma``, ``haze``, ``blur`` for models that must
+                work on other sensors or places (``docs/travel.md``).
             batch_size, val_batch_size, num_workers: data loader settings (``val_batch_size`` defaults to
                 ``batch_size``).
             check_files: in ``setup``, decode every image and mask once (threads), so corrupt files and
@@ -203,8 +203,3 @@ class FolderSegmentationDataModule(SegmentationDataModule):
 
     def make_dataset(self, split: str, samples: list[Sample]) -> FileDataset:
         return FileDataset(samples, self.loader, self.train_tf if split == "train" else self.eval_tf)
-
-    def preprocessing(self) -> Preprocessing:
-        """How the model saw the images (value scale, nodata, whole-image resize): stored in its checkpoints."""
-        resize = self.train_size if self.hparams.train_mode == "resize" else self.val_size
-        return describe(self.loader.bands, [s.image for s in self.samples("train")], resize)

@@ -145,6 +145,8 @@ class MMSegDataModule(SegmentationDataModule):
             if not suffix:
                 raise DataError(f"{key} must not be empty")
         self.train_size, self.val_size = as_size(train_size, "train_size"), as_size(val_size, "val_size")
+        if self.val_size is None and train_mode == "resize":
+            self.val_size = self.train_size  # validate the way the model will predict: whole images resized
         self.ignore_index, self.check_files = ignore_index, check_files
         decoder = MaskDecoder(num_classes=num_classes, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label)
         self.loader = SampleLoader(BandReader(bands, scale=scale, nodata=None), MaskReader(decoder))

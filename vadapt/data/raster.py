@@ -171,7 +171,8 @@ class RasterSegmentationDataModule(SegmentationDataModule):
             crop_size: side of the training windows and of the validation / test tiles.
             samples_per_epoch: random training windows per epoch.
             min_valid_fraction: redraw training windows whose share of labelled pixels is below this.
-            augment: flips / rotations of the training windows among ``hflip``, ``vflip``, ``rot90``.
+            augment: training augmentations of the windows: ``hflip``, ``vflip``, ``rot90``, and the photometric
+                ``band_gain``, ``gamma``, ``haze``, ``blur`` (``docs/travel.md``).
             batch_size, val_batch_size, num_workers: data loader settings.
             check_files: in ``setup``, read every scene and mask once, in strips, so corrupt files and
                 unexpected mask values stop the run before training; false checks only names and headers.
