@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from vadapt.bands import select_bands
 from vadapt.preprocessing import Preprocessing
 
-from .base import augment_pair
+from .base import Augment, augment_pair, augmentations
 from .safe_open import DataError, load_npz_arrays, npz_keys
 
 
@@ -61,16 +61,18 @@ def load_scene(
 
 
 class RandomCrops(Dataset):
-    """``length`` random ``size``×``size`` crops (with flips / rotations) from the given scene regions."""
+    """``length`` random ``size``×``size`` crops (then the ``augment`` entries: flips / rotations, photometric
+    changes) from the given scene regions."""
 
-    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], size: int, length: int) -> None:
+    def __init__(self, scenes: list[tuple[np.ndarray, np.ndarray]], size: int, length: int,
+                 augment: Sequence[str] = ("hflip", "vflip", "rot90")) -> None:
         import albumentations as A
 
         self.scenes, self.length = scenes, length
         for image, _ in scenes:
             if min(image.shape[:2]) < size:
                 raise ValueError(f"crop_size {size} is larger than a training region {image.shape[:2]}")
-        self.transform = A.Compose([A.RandomCrop(size, size), A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()])
+        self.transform = A.Compose([A.RandomCrop(size, size), *augmentations(augment)])
 
     def __len__(self) -> int:
         return self.length
@@ -122,6 +124,7 @@ class SceneDataModule(L.LightningDataModule):
         batch_size: int = 8,
         samples_per_epoch: int = 256,
         val_fraction: float = 0.25,
+        augment: tuple[Augment, ...] = ("hflip", "vflip", "rot90"),
         num_workers: int = 0,
     ) -> None:
         """
@@ -133,6 +136,8 @@ class SceneDataModule(L.LightningDataModule):
             samples_per_epoch: random training crops per epoch.
             val_fraction: share of each scene's rows (from the bottom) held out for validation and test; 0 trains
                 on the whole scenes, without validation.
+            augment: training augmentations of the crops: ``hflip``, ``vflip``, ``rot90`` and the photometric
+                ``band_gain``, ``gamma``, ``haze``, ``blur`` (``docs/travel.md``).
         """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -146,6 +151,7 @@ class SceneDataModule(L.LightningDataModule):
         # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
         # ignore_index) with different values; LightningCLI saves the whole config.yaml anyway
         self.save_hyperparameters(logger=False)
+        augmentations(augment)  # unknown entries are an error now
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -156,7 +162,7 @@ class SceneDataModule(L.LightningDataModule):
             cut = int(round(image.shape[0] * (1.0 - hp.val_fraction)))
             train.append((image[:cut], mask[:cut]))
             held.append((image[cut:], mask[cut:]))
-        self.train_set = RandomCrops(train, hp.crop_size, hp.samples_per_epoch)
+        self.train_set = RandomCrops(train, hp.crop_size, hp.samples_per_epoch, hp.augment)
         self.val_set = Tiles(held, hp.crop_size, hp.ignore_index) if hp.val_fraction > 0 else None
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
