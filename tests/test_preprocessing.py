@@ -21,6 +21,7 @@ from rasterio.transform import from_origin
 
 from vadapt.adapters import LoraConfig
 from vadapt.checkpoint import read_manifest, save_adapter
+from vadapt.cli import main
 from vadapt.data import FolderSegmentationDataModule
 from vadapt.inference import infer
 from vadapt.inference.resampling import WHOLE_IMAGE_SIDE, Plan, plan
@@ -210,7 +211,7 @@ def map_checkpoint(tmp_path):
     return save_adapter(task, tmp_path / "map.safetensors")
 
 
-def test_nodata_is_read_as_training_read_it_and_can_be_ignored(tmp_path, map_checkpoint):
+def test_nodata_is_read_as_training_read_it_and_can_be_ignored(tmp_path, map_checkpoint, capsys):
     (tmp_path / "in").mkdir()
     write_map(tmp_path / "in" / "map.tif")
     report = infer(map_checkpoint, tmp_path / "out", input=str(tmp_path / "in"), progress=False)
@@ -218,6 +219,11 @@ def test_nodata_is_read_as_training_read_it_and_can_be_ignored(tmp_path, map_che
         mask, nodata = src.read(1), src.nodata
     assert nodata == 255 and not (mask == 255).any()  # the white paper was predicted, as training saw it
     assert any("pixel size 30 vs 10" in reason for _, reason in report.warnings)
+    assert main(["infer", "--checkpoint", str(map_checkpoint), "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "cli"), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "preprocessing: values x 0.00392157; native scale; input nodata: none" in said
+    assert "note: pixel size 30 vs 10 in training (3x)" in said and "(map.tif)" in said
 
     # a checkpoint that read the file's nodata writes it where the input declares it, unless told to ignore it
     task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", bands=BANDS, num_classes=2, head="fpn")

@@ -412,12 +412,6 @@ def run_predict_points(args: argparse.Namespace) -> int:
                             weights=args.weights, batch_size=args.batch_size, format=args.format,
                             category=args.category, device=args.device, overwrite=args.overwrite)
     print(report.summary())
-    print(f"preprocessing: {report.preprocessing}")
-    notes: dict[str, list[str]] = {}
-    for name, reason in report.warnings:  # one line per kind of note, not one per file
-        notes.setdefault(reason.split(":")[0] if reason.startswith("pixel size") else reason, []).append(name)
-    for reason, names in notes.items():
-        print(f"note: {reason}{f' ({len(names)} files, e.g. {names[0]})' if len(names) > 1 else f' ({names[0]})'}")
     if report.failed:
         print(f"{len(report.failed)} failed: see {Path(args.output) / 'failed.csv'}", file=sys.stderr)
     return 0 if report.ok else 1
@@ -484,14 +478,20 @@ def run_infer(args: argparse.Namespace) -> int:
                    options=options)
     print(report.summary())
     print(f"preprocessing: {report.preprocessing}")
-    notes: dict[str, list[str]] = {}
-    for name, reason in report.warnings:  # one line per kind of note, not one per file
-        notes.setdefault(reason.split(":")[0] if reason.startswith("pixel size") else reason, []).append(name)
-    for reason, names in notes.items():
-        print(f"note: {reason}{f' ({len(names)} files, e.g. {names[0]})' if len(names) > 1 else f' ({names[0]})'}")
+    _print_warnings(report.warnings)
     if report.failed:
         print(f"{len(report.failed)} failed: see {args.output}/failed*.csv", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _print_warnings(warnings: list[tuple[str, str]]) -> None:
+    """One line per kind of warning (a pixel-size note for 500 files is one line), with a count and an example."""
+    kinds: dict[str, tuple[str, list[str]]] = {}  # kind -> (its first text, the files)
+    for name, reason in warnings:
+        kind = reason.split(" vs ")[0] if reason.startswith("pixel size") else reason
+        kinds.setdefault(kind, (reason, []))[1].append(name)
+    for text, names in kinds.values():
+        print(f"note: {text} ({names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''})")
 
 
 def run_lightning(argv: list[str]) -> None:

@@ -622,8 +622,12 @@ def prepare_values(task: Any, opts: InferOptions, report: InferReport) -> Prepro
                             "training scaled them (e.g. 0.00392156862745098 for 8-bit photos read as 0..1)")
     geometry = "native scale" if opts.geometry == "native" or record is None or record.resize is None else \
         f"whole images resized to {record.resize[1]}x{record.resize[0]} px as in training"
-    nodata = "none (--ignore-nodata)" if opts.ignore_nodata else (
-        f"{record.nodata} ({record.nodata_rule} bands)" if record else "file (all bands)")
+    if opts.ignore_nodata:
+        nodata = "none (--ignore-nodata)"
+    elif record is not None and record.nodata is None:
+        nodata = "none (as in training)"
+    else:
+        nodata = f"{record.nodata} ({record.nodata_rule} bands)" if record else "file (all bands)"
     report.preprocessing = (f"values x {scale:.6g}{f' + {offset:.6g}' if offset else ''}; {geometry}; input nodata: "
                             f"{nodata}; masks write {MASK_NODATA} where the input has no data")
     return record
