@@ -332,8 +332,10 @@ def test_fit_writes_pictures_and_an_adapter_that_reproduces_outputs_then_predict
     with torch.no_grad():
         expected = task.eval()(a, b)
         for path in (tmp_path / "adapter.safetensors", ckpt):
-            reloaded = load_task(path).eval()
+            reloaded = load_task(path, raw_inputs=False).eval()  # values as the datamodule fed them (x 1/255)
             assert isinstance(reloaded, ChangeDetectionTask) and torch.equal(reloaded(a, b), expected)
+            raw = load_task(path).eval()  # by default: 8-bit file values, scaled as training scaled them
+            assert torch.allclose(raw(a * 255, b * 255), expected, atol=1e-5)
         untrained = ChangeDetectionTask(backbone="sam2_test", weights=str(weights), decoder_channels=16,
                                         adapter=LoraConfig(r=2, lora_dropout=0.1)).eval()
         assert not torch.allclose(untrained(a, b), expected)
