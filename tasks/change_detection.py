@@ -13,6 +13,7 @@ Each validation epoch saves a picture of a few validation pairs (A | B | truth |
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +53,12 @@ class ChangeDetectionTask(BaseTask):
     * loss: the mean of the cross-entropies of the two branch logits (official ``loss_weights: [1, 1]`` / 2);
       prediction: their mean.
 
+    Class balance and the decision rule are config choices (not in the paper; defaults keep its behaviour):
+    ``class_weights`` weighs the cross-entropy per class, and ``change_threshold`` moves the decision: a pixel
+    is "changed" where p(changed) > ``change_threshold``. The threshold acts in :meth:`class_logits` (what
+    ``vadapt infer`` and the app call), :meth:`predict_step` and the logged metrics, by subtracting
+    ``log(t / (1 - t))`` from the changed logit (:meth:`decision_logits`); :meth:`forward` and the loss stay raw.
+
     Deviations from the paper / official code:
 
     * DINOv3 ViT-L/16 -> DINOv2 ViT-L/14 (``vit_large_patch14_dinov2``): no DINOv3 in timm here. Same layers
@@ -86,6 +93,8 @@ class ChangeDetectionTask(BaseTask):
         decoder_channels: int = 256,
         exchange_levels: list[int] | None = None,
         ignore_index: int | None = 255,
+        class_weights: list[float] | None = None,
+        change_threshold: float = 0.5,
         img_size: int | None = None,
         tile_size: int = 256,
         tile_stride: int = 128,
@@ -108,6 +117,15 @@ class ChangeDetectionTask(BaseTask):
             decoder_channels: decoder width (paper: 256).
             exchange_levels: feature levels swapped between the dates; default every other level from 0.
             ignore_index: label value excluded from loss and metrics (None = none).
+            class_weights: cross-entropy weights ``[unchanged, changed]``, e.g. ``[1.0, 3.0]`` where change is
+                rare in the training pairs and the model learns to miss it; ``None``: equal (the paper).
+            change_threshold: a pixel is predicted "changed" where p(changed) > ``change_threshold`` (0.5: plain
+                argmax, the paper). Lower it (e.g. 0.2) to trade precision for recall, typically on images
+                unlike the training pairs (another city, sensor or season). It shifts the changed logit by
+                ``-log(t / (1 - t))`` in :meth:`class_logits`, :meth:`predict_step` and the logged
+                metrics (not in the training loss), so it is stored with the adapter checkpoint and ``vadapt
+                infer`` / the app honour it: the probabilities ``vadapt infer --probabilities`` writes are then
+                relative to the threshold (0.5 in them means p(changed) = ``change_threshold``).
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
             tile_size, tile_stride: sliding-window inference for validation, test and predict on pairs larger
                 than ``tile_size`` (paper: 256, 128; overlaps averaged).
@@ -124,6 +142,12 @@ class ChangeDetectionTask(BaseTask):
             raise ValueError(f"class_names needs 2 names (unchanged, changed), got {list(class_names)}")
         if tile_stride < 1 or tile_stride > tile_size:
             raise ValueError(f"tile_stride must be in 1..tile_size ({tile_size}), got {tile_stride}")
+        if not 0.0 < change_threshold < 1.0:
+            raise ValueError(f"change_threshold must be a probability in (0, 1), got {change_threshold}")
+        if class_weights is not None and (len(class_weights) != 2 or min(class_weights) < 0
+                                          or max(class_weights) <= 0):
+            raise ValueError(f"class_weights needs 2 values >= 0, not both 0 ([unchanged, changed]), got "
+                             f"{list(class_weights)}")
         super().__init__(lr=lr, weight_decay=weight_decay, poly_power=poly_power, **kwargs)
 
     def configure_head(self) -> None:
@@ -147,7 +171,9 @@ class ChangeDetectionTask(BaseTask):
 
     def configure_losses(self) -> None:
         ignore = self.hparams["ignore_index"]
-        self.criterion = nn.CrossEntropyLoss(ignore_index=-100 if ignore is None else ignore)
+        weights = self.hparams.get("class_weights")  # .get: checkpoints written before the option existed
+        weight = None if weights is None else torch.tensor(weights, dtype=torch.float)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, ignore_index=-100 if ignore is None else ignore)
 
     def configure_metrics(self) -> None:
         # "fit", not "train": nn.Module.train is a method, so it cannot be a ModuleDict key
@@ -172,6 +198,30 @@ class ChangeDetectionTask(BaseTask):
         logits_a, logits_b = self.branch_logits(image_a, image_b)
         return (logits_a + logits_b) / 2
 
+    def set_change_threshold(self, threshold: float) -> None:
+        """Move the decision of a trained task (no retraining): "changed" where p(changed) > ``threshold`` from
+        now on, in every prediction path; stored in adapter checkpoints saved afterwards
+        (``vadapt.checkpoint.save_adapter``). ``vadapt test --ckpt_path`` cannot do it from the command line:
+        LightningCLI takes the model's arguments from the checkpoint there, over ``--model.init_args``."""
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"change_threshold must be a probability in (0, 1), got {threshold}")
+        self.hparams["change_threshold"] = float(threshold)
+
+    def decision_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` ``(B, 2, ...)`` with the changed logit lowered by ``log(t / (1 - t))``, ``t`` =
+        ``change_threshold``: their argmax (softmax > 0.5) is "p(changed) > t". Unchanged at t = 0.5."""
+        threshold = float(self.hparams.get("change_threshold", 0.5))
+        if threshold == 0.5:
+            return logits
+        shift = torch.zeros(logits.shape[1], dtype=logits.dtype, device=logits.device)
+        shift[CHANGED] = math.log(threshold / (1.0 - threshold))
+        return logits - shift.view(1, -1, *([1] * (logits.ndim - 2)))
+
+    def class_logits(self, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
+        """What ``vadapt infer`` and the app blend over tiles: :meth:`forward`'s logits shifted by
+        ``change_threshold`` (:meth:`decision_logits`), so argmax is the configured decision."""
+        return self.decision_logits(self(image_a, image_b))
+
     def tiled_logits(self, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
         """``forward`` by sliding window (``tile_size`` / ``tile_stride``, overlaps averaged); a pair no larger
         than one tile gets exactly ``forward``'s result."""
@@ -189,7 +239,7 @@ class ChangeDetectionTask(BaseTask):
         else:
             logits = self.tiled_logits(image_a, image_b)
             loss = self.criterion(logits, mask)
-        prediction = logits.argmax(1)
+        prediction = self.decision_logits(logits).argmax(1)
         self.stats["fit" if stage == "train" else stage].update(prediction, mask)
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  batch_size=len(logits))
@@ -226,8 +276,9 @@ class ChangeDetectionTask(BaseTask):
         return change_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Change map ``(B, H, W)`` long (1 = changed), by sliding window."""
-        return self.tiled_logits(batch["image_a"], batch["image_b"]).argmax(1)
+        """Change map ``(B, H, W)`` long (1 = changed where p(changed) > ``change_threshold``), by sliding
+        window."""
+        return self.decision_logits(self.tiled_logits(batch["image_a"], batch["image_b"])).argmax(1)
 
 
 class ChangeMaskWriter(BasePredictionWriter):

@@ -1,4 +1,5 @@
-"""Semantic segmentation: frozen backbone + adapter + decode head, cross-entropy, mmseg-style metrics.
+"""Semantic segmentation: frozen backbone + adapter + decode head, cross-entropy (+ optional soft Dice),
+mmseg-style metrics.
 
 Each validation epoch also saves a picture of a few validation images (input | truth | prediction) to
 ``<log_dir>/predictions/epoch_NNN.png``.
@@ -43,6 +44,7 @@ class SemanticSegmentationTask(BaseTask):
         head_channels: int = 256,
         ignore_index: int | None = 255,
         class_weights: list[float] | None = None,
+        dice_weight: float = 0.0,
         img_size: int | None = None,
         preview_images: int = 4,
         **kwargs: Any,
@@ -59,6 +61,10 @@ class SemanticSegmentationTask(BaseTask):
                 multi-scale fusion) or ``"linear"`` (linear probe); ``head_channels`` is its width.
             ignore_index: mask value excluded from loss and metrics (255, as in mmsegmentation; None = none).
             class_weights: per-class cross-entropy weights (e.g. to counter a rare class); ``None``: equal.
+            dice_weight: loss = cross-entropy + ``dice_weight`` x soft Dice loss (:func:`soft_dice_loss`: one minus
+                the mean soft Dice of the foreground classes ``1..num_classes-1``, from the softmax, pooled over the
+                batch's non-ignored pixels). Dice does not care how rare a class is, so it keeps thin or small
+                structures (roads on a map, 2 % of the pixels) from collapsing to background; 0: cross-entropy only.
             img_size: explicit position-embedding size for ViT backbones (default: the pretraining size).
             preview_images: validation images drawn in the per-epoch picture (0 = none).
             kwargs: the arguments every task shares (:class:`BaseTask`): ``lr``, ``weight_decay``,
@@ -67,6 +73,8 @@ class SemanticSegmentationTask(BaseTask):
         """
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
+        if dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0, got {dice_weight}")
         super().__init__(**kwargs)
 
     def configure_head(self) -> None:
@@ -104,6 +112,9 @@ class SemanticSegmentationTask(BaseTask):
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
+        dice_weight = float(self.hparams.get("dice_weight", 0.0))  # .get: checkpoints from before the option
+        if dice_weight > 0:
+            loss = loss + dice_weight * soft_dice_loss(logits, batch["mask"], self.hparams["ignore_index"])
         prediction = logits.argmax(1)
         self.stats["fit" if stage == "train" else stage].update(prediction, batch["mask"])
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
@@ -132,3 +143,23 @@ class SemanticSegmentationTask(BaseTask):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).argmax(1)
+
+
+def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int | None = None,
+                   smooth: float = 1.0) -> torch.Tensor:
+    """``1 - mean_c Dice_c`` over the foreground classes ``c = 1..K-1`` of ``logits`` ``(B, K, H, W)``.
+
+    ``Dice_c = (2 sum(p_c y_c) + smooth) / (sum(p_c) + sum(y_c) + smooth)`` with ``p`` the softmax and ``y`` the
+    one-hot ``mask`` ``(B, H, W)``, sums pooled over the batch's pixels whose mask is not ``ignore_index``. A
+    class absent from the batch has Dice near 1 only if it is not predicted either. Differentiable in ``logits``.
+    """
+    num_classes = logits.shape[1]
+    if num_classes < 2:
+        raise ValueError(f"soft Dice needs at least 2 classes (background + foreground), got {num_classes}")
+    valid = torch.ones_like(mask, dtype=torch.bool) if ignore_index is None else mask != ignore_index
+    probs = logits.float().softmax(1)[:, 1:] * valid.unsqueeze(1)  # (B, K-1, H, W), 0 where ignored
+    target = F.one_hot(torch.where(valid, mask, 0), num_classes)[..., 1:].permute(0, 3, 1, 2)
+    target = target.to(probs.dtype) * valid.unsqueeze(1)
+    dims = (0, 2, 3)
+    dice = (2 * (probs * target).sum(dims) + smooth) / (probs.sum(dims) + target.sum(dims) + smooth)
+    return 1 - dice.mean()
