@@ -24,7 +24,7 @@ def tile_size(task: torch.nn.Module, default: int = InferOptions.tile) -> int:
     return default
 
 
-def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray) -> np.ndarray:
+def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray, pixel_size: float | None = None) -> np.ndarray:
     from vadapt.inference import sliding_window
 
     height, width = inputs[0].shape[-2:]
@@ -34,7 +34,8 @@ def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray) -> np.nda
     # `vadapt infer`'s settings for this tile (overlap, blend, batch size for the device) and its geometry (whole
     # images resized as training resized them): the page shows what a batch run over the same image writes
     options = InferOptions(tile=tile_size(predictor.task))
-    job, _ = plan(getattr(predictor.task, "preprocessing", None), height, width, options.tile, options.stride)
+    job, _ = plan(getattr(predictor.task, "preprocessing", None), height, width, options.tile, options.stride,
+                  pixel_size=pixel_size)
     try:
         probs = sliding_window(lambda tiles: predictor(tiles, job.model_size(*tiles.shape[-2:])), x, tile=job.tile,
                                stride=job.stride, blend=options.blend,
@@ -46,11 +47,13 @@ def _classes(predictor, inputs: list[np.ndarray], invalid: np.ndarray) -> np.nda
     return mask
 
 
-def segment(predictor, image: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+def segment(predictor, image: np.ndarray, invalid: np.ndarray | None = None, pixel_size: float | None = None
+            ) -> np.ndarray:
     """Class ids ``(H, W)`` uint8 of ``image`` ``(C, H, W)`` (the checkpoint's bands, raw values), tiled with
-    overlap blending at any size; ``255`` where ``invalid``."""
+    overlap blending at any size (resampled to the training geometry as ``vadapt infer`` does; ``pixel_size``
+    of a georeferenced upload); ``255`` where ``invalid``."""
     invalid = np.zeros(image.shape[1:], dtype=bool) if invalid is None else invalid
-    return _classes(predictor, [image], invalid)
+    return _classes(predictor, [image], invalid, pixel_size)
 
 
 def change(predictor, before: np.ndarray, after: np.ndarray, invalid: np.ndarray | None = None

@@ -73,6 +73,13 @@ def test_plan_follows_the_training_geometry():
     assert "resampled" in note
     unknown, note = plan(Preprocessing(resize=(192, 192)), big, big, 256, 192)
     assert unknown == Plan(256, 192) and "native scale" in note
+    at_10m = Preprocessing(pixel_size=10.0)
+    assert plan(at_10m, 500, 700, 256, 192, pixel_size=12.0) == (Plan(256, 192), None)  # within the tolerance
+    landsat, note = plan(at_10m, 500, 700, 256, 192, pixel_size=30.0)
+    assert landsat == Plan(86, 64, factor=3.0) and "resampled x 3" in note
+    assert plan(at_10m, 500, 700, 256, 192, pixel_size=30.0, native=True) == (Plan(256, 192), None)
+    capped, note = plan(at_10m, 500, 700, 256, 192, pixel_size=1000.0)
+    assert capped.factor == 8.0 and "capped at 8" in note
 
 
 def test_pixel_size_note_only_beyond_the_tolerance():
@@ -204,11 +211,26 @@ def write_map(path: Path) -> np.ndarray:
 
 
 @pytest.fixture
-def map_checkpoint(tmp_path):
+def map_checkpoint(tmp_path, effnet_weights):
     """A checkpoint whose training read maps with ``nodata: null`` (white paper is data) at 10 m pixels."""
-    task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", bands=BANDS, num_classes=2, head="fpn")
+    task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", weights=effnet_weights, bands=BANDS,
+                                    num_classes=2, head="fpn")
     task.preprocessing = Preprocessing(scale=1 / 255, nodata=None, pixel_size=10.0)
     return save_adapter(task, tmp_path / "map.safetensors")
+
+
+def test_an_input_at_another_pixel_size_is_resampled_to_the_training_one(tmp_path, map_checkpoint):
+    data = write_map(tmp_path / "map.tif")  # 30 m pixels; the checkpoint trained on 10 m ones
+    report = infer(map_checkpoint, tmp_path / "out", input=str(tmp_path / "map.tif"), progress=False, merge=False)
+    assert report.ok
+    task = load_adapter(map_checkpoint).eval()
+    x = torch.from_numpy(data.astype(np.float32))[None]
+    with torch.no_grad():  # by hand: upsample x 3 to 10 m, predict, probabilities back onto the 30 m grid
+        probs = task(F.interpolate(x, size=(120, 144), mode="bilinear", align_corners=False)).softmax(1)
+        expected = F.interpolate(probs, size=(40, 48), mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+    with rasterio.open(tmp_path / "out" / "map.tif") as src:
+        assert src.res == (30.0, 30.0)
+        assert (src.read(1) == expected).mean() > 0.99
 
 
 def test_nodata_is_read_as_training_read_it_and_can_be_ignored(tmp_path, map_checkpoint, capsys):
@@ -218,11 +240,11 @@ def test_nodata_is_read_as_training_read_it_and_can_be_ignored(tmp_path, map_che
     with rasterio.open(tmp_path / "out" / "map.tif") as src:
         mask, nodata = src.read(1), src.nodata
     assert nodata == 255 and not (mask == 255).any()  # the white paper was predicted, as training saw it
-    assert any("pixel size 30 vs 10" in reason for _, reason in report.warnings)
+    assert any("pixel size 30 vs 10 in training: resampled x 3" in reason for _, reason in report.warnings)
     assert main(["infer", "--checkpoint", str(map_checkpoint), "--input", str(tmp_path / "in"), "--output",
-                 str(tmp_path / "cli"), "--quiet"]) == 0
+                 str(tmp_path / "cli"), "--quiet", "--geometry", "native"]) == 0
     said = capsys.readouterr().out
-    assert "preprocessing: values x 0.00392157; native scale; input nodata: none" in said
+    assert "preprocessing: values x 0.00392157; native scale; input nodata: none (as in training)" in said
     assert "note: pixel size 30 vs 10 in training (3x)" in said and "(map.tif)" in said
 
     # a checkpoint that read the file's nodata writes it where the input declares it, unless told to ignore it

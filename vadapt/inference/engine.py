@@ -175,7 +175,8 @@ class TileStream(IterableDataset):
         if min(first.height, first.width) < self.min_side:
             raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
                             f"{self.min_side} px per side")
-        job_plan, note = plan(self.record, first.height, first.width, self.tile, self.stride, self.native)
+        found = _pixel_size(geo)
+        job_plan, note = plan(self.record, first.height, first.width, self.tile, self.stride, self.native, found)
         # the blender holds one tile row of float32 scores and weights: memory grows with the width, not the height
         row_bytes = 4 * (self.num_classes + 1) * min(job_plan.tile, first.height) * first.width
         if row_bytes > MAX_ROW_BYTES:
@@ -186,13 +187,19 @@ class TileStream(IterableDataset):
                 "declares_nodata": self.reader.nodata is not None and (
                     self.reader.nodata != "file" or any(v is not None for v in first.nodata)),
                 "notes": [note] if note else []}
-        if geo is not None and "transform" in geo and self.record is not None and geo.get("crs") is not None:
-            transform = geo["transform"]
-            found = (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
+        if self.record is not None and job_plan.factor is None and job_plan.size is None:  # predicted at native size
             size_note = pixel_size_note(self.record.pixel_size, found)
             if size_note:
                 meta["notes"].append(size_note)
         return meta, checked
+
+
+def _pixel_size(geo: dict[str, Any] | None) -> float | None:
+    """The pixel size (CRS units, mean of both axes) of a georeferenced input (by geotransform), else None."""
+    if geo is None or "transform" not in geo or geo.get("crs") is None:
+        return None
+    transform = geo["transform"]
+    return (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
 
 
 def _grid(info: FileInfo, geo: dict[str, Any] | None) -> Grid | None:
