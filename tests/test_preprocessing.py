@@ -294,6 +294,8 @@ def test_non_rgb_statistics_come_from_the_training_data_and_whole_scenes_train(t
     assert task.hparams["mean"] == pytest.approx(stats.mean, abs=1e-5)
     assert task.input_std.flatten().tolist() == pytest.approx(stats.std, abs=1e-5)
     assert task.preprocessing == Preprocessing(nodata=None)
+    declared = SceneDataModule(paths=[str(tmp_path / "scene.npz")], bands=bands, pixel_size=10)
+    assert declared.preprocessing() == Preprocessing(nodata=None, pixel_size=10.0)
     path = save_adapter(task, tmp_path / "a.safetensors")
     assert load_adapter(path).input_mean.flatten().tolist() == pytest.approx(stats.mean, abs=1e-5)
 

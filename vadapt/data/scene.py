@@ -125,6 +125,7 @@ class SceneDataModule(L.LightningDataModule):
         samples_per_epoch: int = 256,
         val_fraction: float = 0.25,
         augment: tuple[Augment, ...] = ("hflip", "vflip", "rot90"),
+        pixel_size: float | None = None,
         num_workers: int = 0,
     ) -> None:
         """
@@ -138,6 +139,9 @@ class SceneDataModule(L.LightningDataModule):
                 on the whole scenes, without validation.
             augment: training augmentations of the crops: ``hflip``, ``vflip``, ``rot90`` and the photometric
                 ``band_gain``, ``gamma``, ``haze``, ``blur`` (``docs/travel.md``).
+            pixel_size: ground size of a pixel of the scenes (e.g. 10 for Sentinel-2 in metres), which ``.npz``
+                files cannot carry: recorded in the checkpoint, so ``vadapt infer`` resamples georeferenced inputs
+                of another pixel size (30 m Landsat) to it. Use the units of the inputs' CRS.
         """
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -146,6 +150,8 @@ class SceneDataModule(L.LightningDataModule):
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"scene file not found: {p}")
+        if pixel_size is not None and not pixel_size > 0:
+            raise DataError(f"pixel_size must be a positive ground size (e.g. 10 for 10 m), got {pixel_size}")
         if crop_size < 1 or samples_per_epoch < 1:
             raise DataError(f"crop_size and samples_per_epoch must be >= 1, got {crop_size}, {samples_per_epoch}")
         # logger=False: Lightning refuses to log when a datamodule and the task share a key (num_classes,
@@ -183,8 +189,9 @@ class SceneDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def preprocessing(self) -> Preprocessing:
-        """How the model saw the scenes: the files' own ``scale`` only, native scale, no nodata value (NaN)."""
-        return Preprocessing(nodata=None)
+        """How the model saw the scenes: the files' own ``scale`` only, native scale, no nodata value (NaN), the
+        declared ``pixel_size``."""
+        return Preprocessing(nodata=None, pixel_size=self.hparams.pixel_size)
 
     @property
     def bands(self) -> tuple[str, ...]:
