@@ -89,8 +89,9 @@ class BaseTask(L.LightningModule):
                 ``vadapt stats`` prints them) and stored in the checkpoint.
             std: per-band input statistics, each > 0; see ``mean``.
             normalization: ``dataset`` (``mean`` / ``std`` above) or ``per_image``: every image, crop or tile is
-                standardised by its own per-band mean and std (robust to another sensor's calibration or
-                another season's brightness; the pretrained statistics are then not used).
+                standardised by its own per-band mean and std over its pixels that are not 0 in every band
+                (padding, nodata) (robust to another sensor's calibration or another season's brightness; the
+                pretrained statistics are then not used).
             extra_band_init: first-layer init of bands the pretrained model lacks (``copy``, ``mean``, ``repeat``,
                 ``zero``).
             freeze_backbone: ``False`` trains every backbone weight too (full fine-tuning, or training from scratch
@@ -209,11 +210,15 @@ class BaseTask(L.LightningModule):
         """``(B, C, H, W)`` values as fed (file values after :meth:`use_preprocessing`) -> model inputs."""
         if not self.input_mean.numel():  # no band statistics (point clouds)
             return x
+        per_image = self.shared_setting("normalization") == "per_image"
+        # padding and nodata pixels are 0 in every band (datamodules, edge tiles): not part of an image's statistics
+        valid = (x != 0).any(1, keepdim=True).to(x.dtype) if per_image else None
         if self._scales_values:
             x = x * self.value_scale + self.value_offset
-        if self.shared_setting("normalization") == "per_image":
-            mean = x.mean((-2, -1), keepdim=True)
-            std = x.std((-2, -1), keepdim=True, unbiased=False)
+        if valid is not None:
+            count = valid.sum((-2, -1), keepdim=True).clamp_min(1.0)
+            mean = (x * valid).sum((-2, -1), keepdim=True) / count
+            std = (((x - mean) * valid).square().sum((-2, -1), keepdim=True) / count).sqrt()
             return (x - mean) / std.clamp_min(1e-6 * std.abs().max().clamp_min(1.0))
         return (x - self.input_mean) / self.input_std
 

@@ -272,6 +272,11 @@ def test_per_image_normalisation_ignores_a_per_band_gain_and_offset():
                                            head="fpn").eval()
         dataset.load_state_dict(task.state_dict())
         assert not torch.allclose(dataset(x * gain + offset), dataset(x), atol=1e-3)
+        # zero padding (edge tiles, padded batches) does not move the statistics of the image it pads
+        padded = torch.zeros(2, 3, 32, 48)
+        padded[..., :32] = x
+        stats = task.normalise(padded)[..., :32]
+        assert torch.allclose(stats, task.normalise(x), atol=1e-5)
 
 
 def test_non_rgb_statistics_come_from_the_training_data_and_whole_scenes_train(tmp_path, effnet_weights):
