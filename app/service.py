@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vadapt.data.registration import Grid, grid_mismatch
+from vadapt.preprocessing import georeferenced_pixel_size
 
 from . import export, images, points, predict, prompts, render
 from .checkpoints import CheckpointInfo, ModelCache
@@ -149,7 +150,7 @@ class Demo:
         info = self.checkpoint(label, "segment")
         image = self.image(image_id)
         x = images.model_input(image, list(info.bands))
-        mask = predict.segment(self.models.predictor(info), x, image.invalid, _pixel_size(image.georef))
+        mask = predict.segment(self.models.predictor(info), x, image.invalid, georeferenced_pixel_size(image.georef))
         result_id = self.results.put((image_id, mask, info))
         path = export.save_mask(mask, self.workdir / result_id, image.name, image.georef, geotiff)
         counts = render.class_counts(mask, info.num_classes)
@@ -255,11 +256,3 @@ class Demo:
             raise AppError(f"points must be between 64 and 16384, got {num_points}")
         return points.predict_cloud(self.models.task(info), upload, self.workdir / uuid.uuid4().hex,
                                     int(num_points))
-
-
-def _pixel_size(georef: dict | None) -> float | None:
-    """The pixel size (CRS units) of an upload with a CRS and geotransform, else None."""
-    if not georef or georef.get("crs") is None or "transform" not in georef:
-        return None
-    transform = georef["transform"]
-    return (abs(transform.a) + abs(transform.e)) / 2

@@ -104,6 +104,17 @@ class Preprocessing:
         return "; ".join(parts)
 
 
+def georeferenced_pixel_size(geo: dict[str, Any] | None) -> float | None:
+    """The pixel size (CRS units, mean of both axes; rotation allowed) of ``{"crs": ..., "transform": affine}``
+    as vadapt reads a raster's georeference, or ``None`` without a CRS or geotransform."""
+    if not geo or geo.get("crs") is None or "transform" not in geo:
+        return None
+    t = geo["transform"]
+    if t.is_identity:
+        return None
+    return (math.hypot(t.a, t.d) + math.hypot(t.b, t.e)) / 2
+
+
 def median_size(sizes: list[tuple[int, int]]) -> tuple[int, int] | None:
     """The median ``(height, width)`` of image sizes (``None`` for none)."""
     if not sizes:

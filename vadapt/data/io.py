@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from vadapt.bands import RGB, canonical
+from vadapt.preprocessing import georeferenced_pixel_size
 
 from .registration import Grid
 from .safe_open import (
@@ -369,10 +370,7 @@ def pixel_size(info: FileInfo) -> float | None:
     if info.kind != "gdal":
         return None
     with open_raster(info.path, info.allow_vrt) as src:
-        if src.crs is None or src.transform.is_identity:
-            return None
-        x, y = src.res
-        return (abs(x) + abs(y)) / 2
+        return georeferenced_pixel_size({"crs": src.crs, "transform": src.transform})
 
 
 def _all_described(info: FileInfo) -> bool:

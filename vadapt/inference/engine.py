@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from vadapt.data.io import BandReader, DataError, FileInfo
 from vadapt.data.registration import Grid, grid_mismatch
 from vadapt.data.safe_open import open_raster
-from vadapt.preprocessing import Preprocessing, pixel_size_note
+from vadapt.preprocessing import Preprocessing, georeferenced_pixel_size, pixel_size_note
 from vadapt.tiling import Blend, RowBlender, tile_grid
 from vadapt.visualize import PALETTE, overlay, rgb_composite
 
@@ -175,7 +175,7 @@ class TileStream(IterableDataset):
         if min(first.height, first.width) < self.min_side:
             raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
                             f"{self.min_side} px per side")
-        found = _pixel_size(geo)
+        found = georeferenced_pixel_size(geo)
         job_plan, note = plan(self.record, first.height, first.width, self.tile, self.stride, self.native, found)
         # the blender holds one tile row of float32 scores and weights: memory grows with the width, not the height
         row_bytes = 4 * (self.num_classes + 1) * min(job_plan.tile, first.height) * first.width
@@ -192,14 +192,6 @@ class TileStream(IterableDataset):
             if size_note:
                 meta["notes"].append(size_note)
         return meta, checked
-
-
-def _pixel_size(geo: dict[str, Any] | None) -> float | None:
-    """The pixel size (CRS units, mean of both axes) of a georeferenced input (by geotransform), else None."""
-    if geo is None or "transform" not in geo or geo.get("crs") is None:
-        return None
-    transform = geo["transform"]
-    return (math.hypot(transform.a, transform.d) + math.hypot(transform.b, transform.e)) / 2
 
 
 def _grid(info: FileInfo, geo: dict[str, Any] | None) -> Grid | None:
