@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -34,6 +35,10 @@ from vadapt.config import to_plain
 from vadapt.contracts import TaskCapabilities
 from vadapt.params import count_parameters
 from vadapt.preprocessing import Preprocessing
+
+# frozen batch norms stay in eval mode on purpose (their statistics must not move): Lightning's warning about
+# modules in eval mode at the start of training says nothing a user of a frozen backbone should act on
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class _Unused:

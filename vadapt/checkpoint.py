@@ -69,6 +69,9 @@ def save_adapter(task: BaseTask, path: str | os.PathLike, merged: bool = False) 
         state = task.adapter_state_dict()
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={MANIFEST_KEY: json.dumps(manifest)})
+    umask = os.umask(0)  # safetensors creates files 0600; an adapter is shared like any file: 0666 less the umask
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
 

@@ -484,6 +484,17 @@ def run_infer(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _drop_lightning_tips() -> None:
+    """Keep Lightning's advertisements ("Tip: ... try installing litlogger") out of the user's terminal."""
+    import logging
+
+    class NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).lstrip().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
+
+
 def _print_warnings(warnings: list[tuple[str, str]]) -> None:
     """One line per kind of warning (a pixel-size note for 500 files is one line), with a count and an example."""
     kinds: dict[str, tuple[str, list[str]]] = {}  # kind -> (its first text, the files)
@@ -504,6 +515,7 @@ def run_lightning(argv: list[str]) -> None:
     from vadapt.tasks.base import BaseTask
 
     enable_adapter_configs()
+    _drop_lightning_tips()
     return_freed_memory_to_os()  # see vadapt/memory.py: keeps the resident memory at what the step needs
     try:
         LightningCLI(
