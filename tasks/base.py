@@ -408,3 +408,30 @@ class ExportAdapterOnFitEnd(L.Callback):
             return
         path = save_adapter(pl_module, folder / "adapter.safetensors")
         print(f"adapter checkpoint: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        for line in fit_summary(trainer, pl_module, path):
+            print(line)
+
+
+#: metrics shown in the summary at the end of fitting, in this order, where the task logs them
+SUMMARY_METRICS = ("miou", "mdice", "iou", "f1", "precision", "recall", "oa", "macc", "loss")
+
+
+def fit_summary(trainer: L.Trainer, task: BaseTask, adapter: Path) -> list[str]:
+    """The lines printed when fitting ends: the last validation metrics, where the metrics and pictures are, and
+    the command that predicts with the new adapter (chosen by what the task can do, not by its class)."""
+    values = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    shown = [f"{name} {values[name]:.3f}" for name in SUMMARY_METRICS if name in values][:5]
+    lines = [f"last validation: {', '.join(shown)}"] if shown else []
+    folder = adapter.parent  # the log directory (not asked again: trainer.log_dir is a collective under DDP)
+    logged = [str(p) for p in (folder / "metrics.csv", folder / "predictions") if p.exists()]
+    if logged:
+        lines.append(f"metrics and pictures: {', '.join(logged)}")
+    caps = task.capabilities
+    if caps.output == "class_map" and caps.tiles and caps.prompts != "required":
+        inputs = "--input-a BEFORE/ --input-b AFTER/" if caps.num_inputs == 2 else "--input IMAGES/"
+        lines.append(f"predict: vadapt infer --checkpoint {adapter} {inputs} --output MASKS/")
+    elif caps.input == "point_cloud":
+        lines.append(f"predict: vadapt predict-points --checkpoint {adapter} --input CLOUDS/ --output OUT/")
+    elif caps.output == "generated":
+        lines.append(f'generate: vadapt generate --checkpoint {adapter} --prompt "..." --output OUT/')
+    return lines

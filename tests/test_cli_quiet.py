@@ -25,6 +25,9 @@ def test_fit_prints_no_lightning_tips_nor_the_eval_mode_warning(tmp_path):
     said = result.stdout + result.stderr
     assert result.returncode == 0, said[-2000:]
     assert "adapter checkpoint:" in said  # the run did reach the end of fitting
+    # ... and said what it measured and how to use the adapter
+    assert "last validation: miou " in said
+    assert f"predict: vadapt infer --checkpoint {tmp_path}" in said and "--input IMAGES/ --output MASKS/" in said
     assert "Tip:" not in said and "litlogger" not in said
     assert "in eval mode at the start of training" not in said
 
