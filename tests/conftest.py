@@ -79,6 +79,18 @@ def weights(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def effnet_weights(tmp_path_factory) -> str:
+    """Upstream-format weights of the tiny EfficientNet, so a reloaded task has the very same frozen backbone."""
+    import torch
+
+    from vadapt.backbones import create_backbone
+
+    path = tmp_path_factory.mktemp("weights") / "efficientnet_lite0_test.pth"
+    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), path)
+    return str(path)
+
+
 def assert_backbone_frozen_while_head_and_lora_train(task, batch: dict) -> None:
     """A few training steps of a task with a LoRA adapter: the backbone's other state (weights and batch-norm
     statistics) stays bit-identical, gradients reach exactly the trainable parameters, which are the head's and

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from rasterio.transform import from_origin
 
 from vadapt.data.io import DataError, LimitExceeded, probe, read_raw
@@ -133,16 +132,13 @@ def test_app_refuses_vrts_even_with_the_environment_switch(hostile_vrts, monkeyp
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, effnet_weights) -> Path:
     from vadapt.adapters import LoraConfig
-    from vadapt.backbones import create_backbone
     from vadapt.checkpoint import save_adapter
     from vadapt.tasks import SemanticSegmentationTask
 
     folder = tmp_path_factory.mktemp("ckpt")
-    weights = folder / "backbone.pth"
-    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), weights)
-    task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", weights=str(weights), bands=BANDS,
+    task = SemanticSegmentationTask(backbone="efficientnet_lite0_test", weights=effnet_weights, bands=BANDS,
                                     num_classes=2, head="fpn", adapter=LoraConfig(r=4), mean=[0.5] * 3,
                                     std=[0.25] * 3)
     return save_adapter(task, folder / "adapter.safetensors")

@@ -33,16 +33,6 @@ from vadapt.tasks import SemanticSegmentationTask
 BANDS = ("red", "green", "blue")
 
 
-@pytest.fixture(scope="module")
-def effnet_weights(tmp_path_factory) -> str:
-    """Upstream-format weights of the tiny EfficientNet, so a reloaded task has the very same frozen backbone."""
-    from vadapt.backbones import create_backbone
-
-    path = tmp_path_factory.mktemp("weights") / "effnet_test.pth"
-    torch.save(create_backbone("efficientnet_lite0_test").model.state_dict(), path)
-    return str(path)
-
-
 # ---- the record -----------------------------------------------------------------------------------------
 def test_record_round_trips_and_refuses_damage():
     record = Preprocessing(scale=1 / 255, offset=-0.1, nodata=None, resize=[32, 40], source_size=(48, 64),
