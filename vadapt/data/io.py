@@ -40,6 +40,7 @@ from .safe_open import (
     check_npz_member,
     check_path,
     check_pixels,
+    load_npy,
     load_npz_arrays,
     npy_header,
     npz_keys,
@@ -213,7 +214,7 @@ def read_raw(info: FileInfo, window: Window | None = None, indexes: Sequence[int
                 arr = view.read([i + 1 for i in idx], window=RioWindow(x, y, w, h))
             return np.moveaxis(arr, 0, -1)
         if info.kind == "npy":
-            arr = np.load(path, mmap_mode="r")
+            arr = load_npy(path, mmap_mode="r")
         elif info.kind == "npz":
             arr = _npz_array(path, role, Path(path).stat().st_mtime_ns)
         else:

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .base import resolve_root, run_parallel
 from .io import DataError
+from .safe_open import load_npy
 from .shapes import sample_triangles
 
 MESH_SUFFIXES = (".off", ".obj")
@@ -163,7 +164,7 @@ def load_cloud(path: str | Path, num_points: int, rng: np.random.Generator) -> t
         raise FileNotFoundError(f"point file not found: {path}")
     if suffix == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            array = load_npy(path)
         except ValueError as exc:
             raise DataError(f"{path} could not be read as a .npy array ({exc})") from None
         if array.ndim != 2 or array.shape[1] < 3:
@@ -347,7 +348,7 @@ class PointDataset(Dataset):
         pfile = self.parts_files[index]
         if not pfile.is_file():
             raise DataError(f"{path} has no part labels: {pfile} does not exist")
-        parts = np.load(pfile).reshape(-1)
+        parts = load_npy(pfile).reshape(-1)
         if len(parts) != len(xyz):
             raise DataError(f"{pfile} has {len(parts)} part labels but {path} has {len(xyz)} points")
         return xyz, self._check_parts(parts, pfile), False

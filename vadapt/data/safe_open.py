@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -161,13 +163,27 @@ def _looks_like_vrt(path: str) -> bool:
 
 
 # ---- numpy headers ----------------------------------------------------------------------------------------------
+# numpy parses every .npy header with ``ast.literal_eval``; on CPython 3.11 the AST constructor is not thread-safe
+# (python/cpython#106905: "SystemError: AST constructor recursion depth mismatch" when two threads parse at once),
+# and our readers describe files on a thread pool. Every header parse in vadapt holds this lock.
+NPY_HEADER_LOCK = threading.Lock()
+
+
 def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f)
+    with NPY_HEADER_LOCK:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f)
     raise ValueError(f"unsupported .npy format version {version}")
+
+
+def load_npy(path: str | Path, mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """``np.load`` of an ``.npy`` (never pickles) under :data:`NPY_HEADER_LOCK`; with ``mmap_mode="r"`` only the
+    header is parsed under the lock."""
+    with NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
 
 
 def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -240,6 +256,6 @@ def load_npz_arrays(path: str | Path, keys: list[str], max_pixels: int | None = 
     for key in keys:
         if key in present:
             check_npz_member(path, key, max_pixels, max_bytes)
-    with np.load(path, allow_pickle=False) as data:
+    with NPY_HEADER_LOCK, np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in keys if key in present}
 
