@@ -506,19 +506,23 @@ def _print_warnings(warnings: list[tuple[str, str]]) -> None:
 
 
 def run_lightning(argv: list[str]) -> None:
+    import warnings
+
     from lightning import LightningDataModule
-    from lightning.pytorch.cli import LightningCLI
 
     from vadapt.adapters import enable_adapter_configs
     from vadapt.data.io import find_data_error
+    from vadapt.lightning_cli import VadaptCLI
     from vadapt.memory import return_freed_memory_to_os
     from vadapt.tasks.base import BaseTask
 
     enable_adapter_configs()
     _drop_lightning_tips()
     return_freed_memory_to_os()  # see vadapt/memory.py: keeps the resident memory at what the step needs
+    # main() hands LightningCLI the command line explicitly (so tests can call it); not a mistake to warn about
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     try:
-        LightningCLI(
+        VadaptCLI(
             BaseTask,
             LightningDataModule,
             subclass_mode_model=True,
