@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr and exit code 2, never a traceback (see :func:`user_error`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        return _answer_user_errors(run_lightning, argv)
+        return _answer_user_errors(run_lightning_checked, argv)
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
@@ -503,6 +503,22 @@ def _print_warnings(warnings: list[tuple[str, str]]) -> None:
         kinds.setdefault(kind, (reason, []))[1].append(name)
     for text, names in kinds.values():
         print(f"note: {text} ({names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''})")
+
+
+def run_lightning_checked(argv: list[str]) -> None:
+    """``vadapt fit | validate | test | predict``: the short help, or the config checked in a moment (the mistakes
+    users make most, answered in one sentence, see :mod:`vadapt.config_schema`), then LightningCLI. ``--help-all``
+    is LightningCLI's own ``--help``."""
+    from vadapt.config_schema import check_command, short_help
+
+    command, rest = argv[0], argv[1:]
+    if "--help-all" in rest:
+        return run_lightning([command, *("--help" if a == "--help-all" else a for a in rest)])
+    if "-h" in rest or "--help" in rest:
+        print(short_help(command, rest))
+        return None
+    check_command(rest)
+    return run_lightning(argv)
 
 
 def run_lightning(argv: list[str]) -> None:
