@@ -12,7 +12,7 @@ it out of the task's YAML schema and hyperparameters.
 The base builds the backbone (frozen, bands adapted), injects the adapter, normalises inputs with the stored
 statistics, sets up AdamW with warm-up and a poly schedule over the trainable parameters only, keeps frozen
 weights out of Lightning checkpoints, and writes an adapter checkpoint (:mod:`vadapt.checkpoint`) when fitting
-ends.
+ends, beside ``curves.png`` (:class:`DrawCurves`) and the per-epoch prediction pictures.
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ class BaseTask(L.LightningModule):
         self.preprocessing = Preprocessing.from_dict(checkpoint.get("vadapt_preprocessing"))
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [ExportAdapterOnFitEnd()]
+        return [DrawCurves(), ExportAdapterOnFitEnd()]  # curves first: the summary names curves.png
 
 
 #: the shared arguments of ``BaseTask.__init__`` and their defaults
@@ -414,6 +414,62 @@ class ExportAdapterOnFitEnd(L.Callback):
 
 #: metrics shown in the summary at the end of fitting, in this order, where the task logs them
 SUMMARY_METRICS = ("miou", "mdice", "iou", "f1", "precision", "recall", "oa", "macc", "loss")
+CURVES = "curves.png"  # beside metrics.csv
+CURVE_METRICS = 3  # charts of scores in curves.png, besides the loss
+
+
+class DrawCurves(L.Callback):
+    """Redraws ``curves.png`` beside the run's ``metrics.csv`` (a ``CSVLogger``'s) at the end of every validation
+    while fitting and when fitting ends (when the last training epoch's values are in)."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.draw(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.draw(trainer)
+
+    @staticmethod
+    def draw(trainer: L.Trainer) -> Path | None:
+        """Redraw the picture (on the main process; nothing without a ``CSVLogger``); its path, or None."""
+        from lightning.pytorch.loggers import CSVLogger
+
+        csv_loggers = [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+        if not csv_loggers or not trainer.is_global_zero:  # fast_dev_run: Lightning's dummy logger only
+            return None
+        csv_loggers[0].save()  # writes the values logged since its last flush
+        folder = Path(csv_loggers[0].log_dir)
+        return write_curves(folder / "metrics.csv", folder / CURVES)
+
+
+def write_curves(metrics: Path, picture: Path) -> Path | None:
+    """Draw the per-epoch loss and main scores of ``metrics`` (a ``CSVLogger`` file) into ``picture``, replaced
+    whole (never seen half-written); None, and nothing written, while ``metrics`` holds no epoch-level values."""
+    from vadapt.visualize import curves_picture, read_epoch_metrics
+
+    if not metrics.is_file():
+        return None
+    panels = curve_panels(read_epoch_metrics(metrics))
+    if not panels:
+        return None
+    tmp = picture.with_name(f".{picture.name}.tmp.png")
+    run = "/".join(metrics.parent.parts[-3:])  # e.g. quickstart/lightning_logs/version_0
+    curves_picture(panels, title=f"metrics per epoch: {run}").save(tmp)
+    return tmp.replace(picture)
+
+
+def curve_panels(series: Mapping[str, Sequence[tuple[float, float]]], most: int = CURVE_METRICS) -> list[tuple]:
+    """The charts of ``curves.png``: the loss, then up to ``most`` scores (those of :data:`SUMMARY_METRICS` first,
+    in that order, then the others as logged), each with its ``train`` and ``val`` lines where logged."""
+    names = list(dict.fromkeys(key.split("/", 1)[1] for key in series if key.startswith(("train/", "val/"))))
+    scores = [n for n in SUMMARY_METRICS if n in names and n != "loss"]
+    scores += [n for n in names if n not in scores and n != "loss"]
+    panels = []
+    for name in ["loss", *scores[:most]]:
+        lines = {stage: series[f"{stage}/{name}"] for stage in ("train", "val") if f"{stage}/{name}" in series}
+        if lines:
+            panels.append((name, lines))
+    return panels
 
 
 def fit_summary(trainer: L.Trainer, task: BaseTask, adapter: Path) -> list[str]:
@@ -423,7 +479,7 @@ def fit_summary(trainer: L.Trainer, task: BaseTask, adapter: Path) -> list[str]:
     shown = [f"{name} {values[name]:.3f}" for name in SUMMARY_METRICS if name in values][:5]
     lines = [f"last validation: {', '.join(shown)}"] if shown else []
     folder = adapter.parent  # the log directory (not asked again: trainer.log_dir is a collective under DDP)
-    logged = [str(p) for p in (folder / "metrics.csv", folder / "predictions") if p.exists()]
+    logged = [str(p) for p in (folder / "metrics.csv", folder / CURVES, folder / "predictions") if p.exists()]
     if logged:
         lines.append(f"metrics and pictures: {', '.join(logged)}")
     caps = task.capabilities

@@ -7,8 +7,9 @@ encodes both dates (shared weights); feature levels are exchanged between the tw
 decoder turns each branch into change logits; both are trained with cross-entropy and averaged at inference,
 with sliding-window inference (tile 256, stride 128, mean of overlaps) on images larger than a tile.
 
-Each validation epoch saves a picture of a few validation pairs (A | B | truth | prediction) to
-``<log_dir>/predictions/epoch_NNN.png``. :class:`ChangeMaskWriter` writes ``vadapt predict`` results as PNGs.
+Each validation epoch saves a picture of a few validation pairs (before | after | truth | prediction, titled, with
+a legend) to ``<log_dir>/predictions/epoch_NNN.png``. :class:`ChangeMaskWriter` writes ``vadapt predict`` results
+as PNGs.
 """
 
 from __future__ import annotations
@@ -271,9 +272,11 @@ class ChangeDetectionTask(BaseTask):
         self.log(f"{stage}/iou", scores["iou"], prog_bar=stage != "train")
 
     def preview_picture(self, rows: list[tuple]):
+        """before | after | truth | prediction per pair, titled, with a legend of the change colours."""
         from vadapt.visualize import change_panel
 
-        return change_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
+        return change_panel(rows, self.backbone.bands, self.hparams["ignore_index"], readable=True,
+                            class_names=self.hparams["class_names"])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Change map ``(B, H, W)`` long (1 = changed where p(changed) > ``change_threshold``), by sliding

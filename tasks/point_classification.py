@@ -15,7 +15,7 @@ moves the farthest-point-sampling start).
 
 Point clouds are centred and scaled into the unit sphere by the datamodule (``vadapt.data.points``), so the
 task applies no image normalisation: its ``input_mean`` / ``input_std`` are empty and ``normalise`` is the
-identity. Each validation epoch also saves a picture of a few clouds (front view, truth and prediction) to
+identity. Each validation epoch also saves a picture of a few clouds (front view, captioned truth -> prediction) to
 ``<log_dir>/predictions/epoch_NNN.png``.
 """
 
@@ -228,17 +228,22 @@ class PointClassificationTask(BaseTask):
     # ---- picture -----------------------------------------------------------------------------------------
     def preview_picture(self, rows: list[tuple]):
         """Front views (x right, y up, shaded by depth z) of the rows' clouds, captioned ``truth -> prediction``
-        (green when right, red when wrong); one tile per cloud."""
+        (green when right, red when wrong) under a title that says so; one tile per cloud."""
         from PIL import Image, ImageDraw
 
-        size, caption = 160, 16
+        from vadapt.visualize import TEXT_COLOUR, text_font
+
+        font, title = text_font(), "truth -> prediction (green: right, red: wrong)"
+        size, caption, top = 200, 24, 30
         names = self.hparams["class_names"] or [str(i) for i in range(self.hparams["num_classes"])]
         cols = min(len(rows), 4)
         lines = math.ceil(len(rows) / cols)
-        picture = Image.new("RGB", (cols * size, lines * (size + caption)), "white")
+        width = max(cols * size, int(font.getlength(title)) + 12)
+        picture = Image.new("RGB", (width, top + lines * (size + caption)), "white")
         draw = ImageDraw.Draw(picture)
+        draw.text((6, 6), title, fill=TEXT_COLOUR, font=font)
         for i, (cloud, truth, pred) in enumerate(rows):
-            x0, y0 = (i % cols) * size, (i // cols) * (size + caption)
+            x0, y0 = (i % cols) * size, top + (i // cols) * (size + caption)
             xyz = np.asarray(cloud, dtype=np.float32)
             radius = float(np.abs(xyz).max()) or 1.0
             px = ((xyz[:, 0] / radius + 1) / 2 * (size - 9) + 4).astype(int)
@@ -249,5 +254,5 @@ class PointClassificationTask(BaseTask):
                 draw.point((x0 + int(px[j]), y0 + int(py[j])), fill=(shade, shade, 255))
             colour = (0, 140, 0) if truth == pred else (200, 0, 0)
             text = f"{names[truth] if truth < len(names) else truth} -> {names[pred] if pred < len(names) else pred}"
-            draw.text((x0 + 4, y0 + size + 2), text, fill=colour)
+            draw.text((x0 + 4, y0 + size + 2), text, fill=colour, font=font)
         return picture

@@ -1,8 +1,8 @@
 """Semantic segmentation: frozen backbone + adapter + decode head, cross-entropy (+ optional soft Dice),
 mmseg-style metrics.
 
-Each validation epoch also saves a picture of a few validation images (input | truth | prediction) to
-``<log_dir>/predictions/epoch_NNN.png``.
+Each validation epoch also saves a picture of a few validation images (image | truth | prediction, titled, with a
+class legend) to ``<log_dir>/predictions/epoch_NNN.png``.
 """
 
 from __future__ import annotations
@@ -137,9 +137,12 @@ class SemanticSegmentationTask(BaseTask):
         self.log(f"{stage}/miou", float(scores["miou"]), prog_bar=stage != "train")
 
     def preview_picture(self, rows: list[tuple]):
+        """image | truth | prediction per row, titled, with a legend of the classes."""
         from vadapt.visualize import prediction_panel
 
-        return prediction_panel(rows, self.backbone.bands, self.hparams["ignore_index"])
+        names = self.hparams["class_names"] or [str(i) for i in range(self.hparams["num_classes"])]
+        return prediction_panel(rows, self.backbone.bands, self.hparams["ignore_index"], readable=True,
+                                class_names=names)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).argmax(1)
