@@ -94,7 +94,7 @@ def test_a_config_mistake_names_the_key_its_line_and_the_closest_valid_one(tmp_p
 
 
 COMMAND_LINE_MISTAKES = {
-    ("--trainer.max_epoch", "3"): "did you mean `--trainer.max_epochs`",
+    ("--trainer.max_epohcs", "3"): "did you mean `--trainer.max_epochs`",
     ("--model.init_args.num_clases", "3"): "did you mean `--model.init_args.num_classes`?",
     ("--model.num_classes", "three"): "--model.num_classes must be int; got 'three'",
     ("--trainr.max_epochs", "3"): "unknown option; did you mean `--trainer`?",
@@ -115,6 +115,7 @@ def test_a_command_line_mistake_is_named_with_the_closest_valid_option(option):
     ["--model.init_args.adapter", "vadapt.adapters.LoraConfig"],  # a class by name
     ["--trainer.logger.init_args.save_dir", "x", "--print_config", "--seed_everything", "3"],
     ["--model.init_args.adapter.init_args.r", "8"],  # an option of a nested class
+    ["--trainer.max_epoch", "2", "--model.num_class", "3"],  # argparse takes a unique prefix of an option
 ], ids=str)
 def test_what_jsonargparse_accepts_is_not_refused(argv):
     check_command([f"--config={QUICKSTART}", *argv])

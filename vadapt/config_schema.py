@@ -297,6 +297,16 @@ def _section_class(documents: list[tuple[Any, Path]], options: list[tuple[str, s
     return resolve_class(name) if isinstance(name, str) else None
 
 
+def _abbreviates(word: str, options: Iterable[str]) -> str | None:
+    """``word`` if it is an option, else the one option it abbreviates (argparse takes a unique prefix for the
+    whole name), else None."""
+    options = list(options)
+    if word in options:
+        return word
+    longer = [o for o in options if o.startswith(word)]
+    return longer[0] if len(longer) == 1 else None
+
+
 def check_command(argv: list[str]) -> None:
     """Check a ``fit | validate | test | predict`` command line (``argv`` without the subcommand) and its config
     files; raises :class:`ConfigMistake` with a sentence naming the key, where it is and the closest valid one."""
@@ -313,7 +323,8 @@ def check_command(argv: list[str]) -> None:
             raise ConfigMistake(f"--{key}: unknown option{_closest(parts[0], TOP_LEVEL, '--')}")
         if len(parts) < 2 or parts[-1] in ("help", "class_path", "dict_kwargs") or value is None:
             continue
-        if parts[0] == "trainer" and len(parts) == 2 and trainer_options() and parts[1] not in trainer_options():
+        if parts[0] == "trainer" and len(parts) == 2 and trainer_options() and not _abbreviates(parts[1],
+                                                                                                trainer_options()):
             raise ConfigMistake(f"--{key}: not an option of lightning's Trainer"
                                 f"{_closest(parts[1], trainer_options(), '--trainer.')}")
         if parts[0] in SECTION_BASE:
@@ -324,6 +335,7 @@ def check_command(argv: list[str]) -> None:
             dotted = ".".join(parts[1:])
             if any(".".join(parts[1:i]) in params for i in range(2, len(parts))):
                 continue  # an option of a nested class (--model.adapter.init_args.r): left to jsonargparse
+            dotted = _abbreviates(dotted, params) or dotted
             if dotted in params:
                 try:
                     parsed = yaml.safe_load(value)
