@@ -116,6 +116,7 @@ def test_a_command_line_mistake_is_named_with_the_closest_valid_option(option):
     ["--trainer.logger.init_args.save_dir", "x", "--print_config", "--seed_everything", "3"],
     ["--model.init_args.adapter.init_args.r", "8"],  # an option of a nested class
     ["--trainer.max_epoch", "2", "--model.num_class", "3"],  # argparse takes a unique prefix of an option
+    ["--trainer.logger+=TensorBoardLogger", "--trainer.logger.save_dir", "${trainer.default_root_dir}"],
 ], ids=str)
 def test_what_jsonargparse_accepts_is_not_refused(argv):
     check_command([f"--config={QUICKSTART}", *argv])

@@ -273,6 +273,7 @@ def _split_options(argv: list[str]) -> tuple[list[str], list[tuple[str, str | No
             i += 1
             continue
         key, _, inline = arg.lstrip("-").partition("=")
+        key = key.rstrip("+")  # --trainer.logger+=CLASS appends to a list
         takes_value = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
         value = inline if "=" in arg else (argv[i + 1] if takes_value else None)
         if key in ("c", "config"):
