@@ -44,6 +44,7 @@ DEMO_RESADAPTER = "resadapter_tiny.safetensors"
 DEMO_I2V = "i2v_tiny.safetensors"
 DEMO_MV = "mv_tiny.safetensors"
 DEMO_CHECKPOINTS = (DEMO_RESADAPTER, DEMO_I2V, DEMO_MV)
+DEMO_DEFAULT = "resadapter_tiny"  # the tab's default among the built-in ones (a user's own checkpoint comes first)
 DEMO_BASES = {"sd15_test": "sd15_tiny_base", "animatediff_test": "animatediff_tiny_base"}
 DEMO_FRAMES = DEMO_VIEWS = 4
 _RUN_LOCK = threading.Lock()  # strength is state of the cached model: set it and sample as one step
@@ -121,13 +122,6 @@ def is_generation_checkpoint(info: CheckpointInfo) -> bool:
 def choices(checkpoints: dict[str, CheckpointInfo]) -> list[str]:
     """Labels of the diffusion adapter checkpoints."""
     return [label for label, info in checkpoints.items() if is_generation_checkpoint(info)]
-
-
-def default(checkpoints: dict[str, CheckpointInfo]) -> str | None:
-    """The tab's default checkpoint: the built-in ResAdapter demo when offered, else the first."""
-    labels = choices(checkpoints)
-    preferred = [label for label in labels if checkpoints[label].path.name == DEMO_RESADAPTER]
-    return (preferred or labels or [None])[0]
 
 
 def checkpoint(checkpoints: dict[str, CheckpointInfo], label: str | None) -> CheckpointInfo:
@@ -433,13 +427,44 @@ def make_demo_checkpoints(folder: Path, progress: Callable[[str], None] = print)
 
 
 # ---- the page --------------------------------------------------------------------------------------------
-def build_tab(demo: Any, shown: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """The Generate tab, inside the caller's ``gr.Blocks`` (``shown`` turns failures into one-line messages)."""
+def not_ready(demo: Any, label: str | None, first_frame: Any, reference: Any) -> str | None:
+    """Why Generate cannot run now (``None``: it can): no diffusion checkpoint, none picked, or the first frame /
+    reference image the picked adapter needs is not uploaded yet."""
+    k = controls(demo.checkpoints, label)
+    missing = None
+    if k.first_frame and not first_frame:
+        missing = "Upload a first frame (this I2V-Adapter animates an image), then Generate."
+    elif k.reference and not reference:
+        missing = "Upload a reference image (this image-to-multiview MV-Adapter needs one), then Generate."
+    return demo.not_ready("generate", label, missing)
+
+
+def display_clip(result: GenerateResult) -> Path | None:
+    """The clip as the page shows it: a GIF of the frames enlarged (:func:`~.render.enlarge`) beside the real-size
+    one, which stays the download. ``None`` for results without frames."""
+    from vadapt.inference.generate import write_gif
+
+    from .render import enlarge
+
+    if result.frames is None:
+        return None
+    shown = enlarge(result.frames)
+    if shown is result.frames:
+        return result.path
+    return write_gif(shown, result.path.with_name(f"{result.path.stem}_shown.gif"))
+
+
+def build_tab(demo: Any) -> None:
+    """The Generate tab, inside the caller's ``gr.Blocks``; it reports like the other tabs (:func:`.ui.on`)."""
     import gradio as gr
 
+    from .render import enlarge
+    from .ui import IMAGE_BUTTONS, message_area, on, result_image, run_button
+
     checkpoints = demo.checkpoints
-    first = default(checkpoints)
+    first = demo.default("generate", DEMO_DEFAULT)
     c = controls(checkpoints, first)
+    reason = not_ready(demo, first, None, None)
     with gr.Tab("Generate", id="generate"):
         gr.Markdown("Text (and image) to image, video or multi-view with a diffusion adapter on a frozen base. The "
                     "built-in demo adapters are tiny and have **random weights**: they show the plumbing, not "
@@ -453,9 +478,10 @@ def build_tab(demo: Any, shown: Callable[[Callable[..., Any]], Callable[..., Any
                                     elem_id="gen-prompt")
                 negative = gr.Textbox(label="negative prompt", value="", elem_id="gen-negative")
                 first_frame = gr.Image(label="first frame (image-to-video)", type="filepath", sources=["upload"],
-                                       visible=c.first_frame, elem_id="gen-first-frame")
+                                       visible=c.first_frame, buttons=IMAGE_BUTTONS, elem_id="gen-first-frame")
                 reference = gr.Image(label="reference image (image-to-multiview)", type="filepath",
-                                     sources=["upload"], visible=c.reference, elem_id="gen-reference")
+                                     sources=["upload"], visible=c.reference, buttons=IMAGE_BUTTONS,
+                                     elem_id="gen-reference")
                 with gr.Row():
                     height = gr.Number(label="height (px)", value=c.size, precision=0, elem_id="gen-height")
                     width = gr.Number(label="width (px)", value=c.size, precision=0, elem_id="gen-width")
@@ -470,30 +496,44 @@ def build_tab(demo: Any, shown: Callable[[Callable[..., Any]], Callable[..., Any
                 strength = gr.Slider(0.0, c.strength_max, value=c.strength_value, step=0.05, label=c.strength_label,
                                      interactive=c.strength_visible, elem_id="gen-strength")
                 strength_note = gr.Markdown(c.strength_note, elem_id="gen-strength-note")
-                run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+                run = gr.Button("Generate", variant="primary", interactive=reason is None, elem_id="gen-run")
+                message = message_area("gen-message", reason)
             with gr.Column(scale=2):
-                image_out = gr.Image(label="image", type="numpy", format="png", interactive=False,
-                                     visible=c.kind == "image", elem_id="gen-image")
+                image_out = result_image("image", "gen-image", visible=c.kind == "image",
+                                         elem_classes=["vadapt-pixels"])
                 video_out = gr.Image(label="clip (animated GIF)", type="filepath", interactive=False,
-                                     visible=c.kind == "video", elem_id="gen-video")
+                                     buttons=IMAGE_BUTTONS, visible=c.kind == "video", elem_classes=["vadapt-pixels"],
+                                     elem_id="gen-video")
                 views_out = gr.Gallery(label="views", columns=max(generation_views(checkpoints, first), 1), rows=1,
-                                       object_fit="contain", visible=c.kind == "multiview", elem_id="gen-views")
+                                       height="auto", object_fit="contain", buttons=IMAGE_BUTTONS,
+                                       visible=c.kind == "multiview", elem_classes=["vadapt-pixels"],
+                                       elem_id="gen-views")
                 text = gr.Markdown(elem_id="gen-text")
-                download = gr.File(label="download", interactive=False, elem_id="gen-download")
+                download = gr.File(label="download (real size)", interactive=False, elem_id="gen-download")
 
-        def pick(label):
+        def pick(label, first_path, reference_path):
             k = controls(checkpoints, label)
+            why = not_ready(demo, label, first_path if k.first_frame else None,
+                            reference_path if k.reference else None)
             return [describe(checkpoints, label), gr.update(visible=k.first_frame), gr.update(visible=k.reference),
                     k.size, k.size, k.steps, k.guidance, gr.update(visible=k.frames, value=k.num_frames),
                     gr.update(maximum=k.strength_max, value=k.strength_value, label=k.strength_label,
                               interactive=k.strength_visible), k.strength_note,
                     gr.update(visible=k.kind == "image"), gr.update(visible=k.kind == "video"),
-                    gr.update(visible=k.kind == "multiview", columns=max(generation_views(checkpoints, label), 1))]
+                    gr.update(visible=k.kind == "multiview", columns=max(generation_views(checkpoints, label), 1)),
+                    run_button(why), why or ""]
 
-        ckpt.change(pick, ckpt, [about, first_frame, reference, height, width, steps, guidance, frames, strength,
-                                 strength_note, image_out, video_out, views_out])
+        on(ckpt.change, pick, [ckpt, first_frame, reference],
+           [about, first_frame, reference, height, width, steps, guidance, frames, strength, strength_note,
+            image_out, video_out, views_out, run], message)
 
-        @shown
+        def uploaded(label, first_path, reference_path):
+            why = not_ready(demo, label, first_path, reference_path)
+            return run_button(why), why or ""
+
+        for picture in (first_frame, reference):
+            on(picture.change, uploaded, [ckpt, first_frame, reference], [run], message)
+
         def go(label, prompt_text, negative_text, first_path, reference_path, h, w, seed_value, steps_value,
                guidance_value, frames_value, strength_value, progress=gr.Progress()):  # noqa: B008 - Gradio's API
             def tick(step: int, total: int) -> None:
@@ -503,12 +543,14 @@ def build_tab(demo: Any, shown: Callable[[Callable[..., Any]], Callable[..., Any
             result = generate(demo, label, prompt_text, negative_text, h, w, seed_value, steps_value,
                               guidance_value, strength_value if k.strength_visible else None,
                               first_path or None, reference_path or None, frames_value, tick)
-            views = [(v, f"view {i + 1}") for i, v in enumerate(result.views)] if result.views else None
-            return (result.image, str(result.path) if result.kind == "video" else None, views, result.summary,
-                    str(result.path))
+            image = enlarge(result.image) if result.image is not None else gr.update()
+            clip = str(display_clip(result)) if result.kind == "video" else gr.update()
+            views = ([(enlarge(v), f"view {i + 1}") for i, v in enumerate(result.views)] if result.views
+                     else gr.update())
+            return image, clip, views, result.summary, str(result.path), "Done."
 
-        run.click(go, [ckpt, prompt, negative, first_frame, reference, height, width, seed, steps, guidance, frames,
-                       strength], [image_out, video_out, views_out, text, download])
+        on(run.click, go, [ckpt, prompt, negative, first_frame, reference, height, width, seed, steps, guidance,
+                           frames, strength], [image_out, video_out, views_out, text, download], message)
 
 
 def generation_views(checkpoints: dict[str, CheckpointInfo], label: str | None) -> int:

@@ -19,11 +19,13 @@ class Limits:
             the data layer's reader (``vadapt.data.io.probe(max_pixels=...)``, the check behind ``vadapt infer
             --max-pixels``, whose default ``vadapt.data.safe_open.DEFAULT_MAX_PIXELS`` is far larger).
         max_bands: most bands in one image.
+        max_batch_files: most images the Batch tab segments in one run (folders: ``vadapt infer``).
     """
 
     max_upload_mb: float = 100.0
     max_pixels: int = 4096 * 4096
     max_bands: int = 32
+    max_batch_files: int = 16
 
     def check_file_size(self, size_bytes: int, name: str) -> None:
         if size_bytes > self.max_upload_mb * 1024 * 1024:

@@ -1,4 +1,5 @@
-"""Pictures for the page: class overlays with opacity, prompt marks, change overlays, and the legend."""
+"""Pictures for the page: class overlays with opacity, prompt marks, change overlays, the legend, and small
+pictures enlarged for display (nearest neighbour, by a whole factor; downloads keep the real size)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,25 @@ BACKGROUND = (255, 65, 54)
 BOX = (255, 220, 0)
 MASK = (30, 144, 255)
 CHANGED = (255, 40, 40)
+DISPLAY_SIDE = 256  # pictures whose longest side is shorter are shown enlarged to at least this
+
+
+def display_factor(height: int, width: int, side: int = DISPLAY_SIDE) -> int:
+    """The whole factor a ``height`` x ``width`` picture is enlarged by for display: the smallest that brings
+    its longest side to ``side`` px or more (1 for pictures that large already)."""
+    longest = max(int(height), int(width), 1)
+    return max(1, -(-side // longest))
+
+
+def enlarge(picture: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """A picture ``(H, W)`` / ``(H, W, C)`` or clip ``(F, H, W, C)`` enlarged by :func:`display_factor` with
+    nearest neighbour, so every pixel stays a crisp square; returned as it is when large enough."""
+    picture = np.asarray(picture)
+    axes = (1, 2) if picture.ndim == 4 else (0, 1)
+    factor = display_factor(picture.shape[axes[0]], picture.shape[axes[1]], side)
+    if factor == 1:
+        return picture
+    return picture.repeat(factor, axis=axes[0]).repeat(factor, axis=axes[1])
 
 
 def class_overlay(rgb: np.ndarray, mask: np.ndarray, opacity: float) -> np.ndarray:

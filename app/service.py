@@ -2,13 +2,18 @@
 
 A :class:`Demo` holds the offered checkpoints (found on disk at start; a request names one by its label, never
 by a path), the loaded models, the uploaded images of the current sessions (by an opaque id) and the folder
-for downloads.
+for downloads. Every action either returns what the page shows or raises :class:`~.limits.AppError`, whose
+one line (:func:`failure_message`) the page puts in the tab's message area, leaving the last result as it was.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
+import time
 import uuid
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,64 @@ from .checkpoints import CheckpointInfo, ModelCache
 from .images import LoadedImage
 from .limits import AppError, Limits
 
+log = logging.getLogger("vadapt.app")
+
+#: what a tab's Run needs first, by the checkpoint kind of :data:`~.checkpoints.KINDS` (the reason shown while
+#: Run is disabled)
+UPLOAD_FIRST = {
+    "segment": "Upload an image (or use the example scene), then Run.",
+    "prompt": "Upload an image (or use the example), then click on it.",
+    "change": "Upload both images, before and after (or use the example pair), then Run.",
+    "batch": "Upload one or more images, then Run.",
+    "points": "Upload a point cloud or mesh, then Run.",
+}
+#: how to get a checkpoint for a tab that has none (``vadapt demo --no-builtin`` or an incomplete install)
+NO_CHECKPOINT = {
+    "segment": "No segmentation checkpoint here. Train one with `vadapt fit --config configs/quickstart.yaml` "
+               "(it writes runs/quickstart/…/adapter.safetensors), then start `vadapt demo --checkpoints "
+               "runs/quickstart`.",
+    "prompt": "No promptable (SAM-family) checkpoint here. Train one, e.g. `vadapt fit --config "
+              "configs/lora_sam_vitb_kvasir.yaml`, then start `vadapt demo --checkpoints runs/lora_sam_vitb_kvasir`.",
+    "change": "No change-detection checkpoint here. Train one, e.g. `vadapt fit --config "
+              "configs/peftcd_dinov2_levir.yaml`, then start `vadapt demo --checkpoints runs/peftcd_dinov2_levir`.",
+    "points": "No point-cloud checkpoint here. Make one: `vadapt make-shapes --output data/shapes`, then `vadapt fit "
+              "--config configs/points_quickstart.yaml` (it writes runs/points_quickstart/…/adapter.safetensors), "
+              "then start `vadapt demo --checkpoints runs/points_quickstart`.",
+    "generate": "No diffusion adapter checkpoint here. Train one, e.g. `vadapt fit --config "
+                "configs/resadapter_shapes_demo.yaml`, then start `vadapt demo --checkpoints "
+                "runs/resadapter_shapes_demo`.",
+}
+
+
+def failure_message(exc: BaseException) -> str:
+    """The one line the page shows for a failed action: an :class:`AppError` as it is (the user can fix it),
+    anything else as its type and first line (a bug: logged in full on the server, never a stack trace in the
+    page)."""
+    if isinstance(exc, AppError):
+        return str(exc)
+    log.error("action failed", exc_info=exc)
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"unexpected error ({type(exc).__name__}){': ' + first if first else ''}"
+
+
+def unique_labels(checkpoints: list[CheckpointInfo]) -> list[CheckpointInfo]:
+    """The checkpoints with distinct labels: a label seen before (the same relative path in two folders, e.g. a
+    user's folder and the built-in demo) gets its folder's name in front, then a number if need be."""
+    from dataclasses import replace
+
+    seen: set[str] = set()
+    out = []
+    for info in checkpoints:
+        label = info.label
+        if label in seen:
+            label = f"{info.root.name}/{info.label}" if info.root is not None else info.label
+        n = 2
+        while label in seen:
+            label, n = f"{info.label} ({n})", n + 1
+        seen.add(label)
+        out.append(info if label == info.label else replace(info, label=label))
+    return out
+
 
 @dataclass
 class SegmentResult:
@@ -33,6 +96,18 @@ class SegmentResult:
     legend: str
     mask_path: Path
     summary: str
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchResult:
+    """What the Batch tab shows after a run: a zip of the masks, one table row per file, and the files that
+    failed (each with its one-line reason)."""
+
+    archive: Path
+    rows: list[tuple[str, str]]
+    failures: list[str]
+    seconds: float = 0.0
 
 
 @dataclass
@@ -43,6 +118,7 @@ class ChangeResult:
     percent: float
     mask_path: Path
     summary: str
+    seconds: float = 0.0
 
 
 class _Store:
@@ -75,11 +151,14 @@ class Demo:
         limits: upload limits.
         workdir: where downloads are written (served to the browser by Gradio).
         examples: example inputs by name (``s2``, ``rgb``, ``before``, ``after``), or empty.
+        builtin: the folder of the built-in demo checkpoints, if they are offered: a tab's default is the first of
+            the user's own checkpoints (``--checkpoints``) of its kind, a built-in one only when there is none.
     """
 
     def __init__(self, checkpoints: list[CheckpointInfo], limits: Limits, workdir: Path,
-                 examples: dict[str, Path] | None = None) -> None:
-        self.checkpoints = {c.label: c for c in checkpoints}
+                 examples: dict[str, Path] | None = None, builtin: Path | None = None) -> None:
+        self.checkpoints = {c.label: c for c in unique_labels(checkpoints)}
+        self.builtin = Path(builtin).resolve() if builtin is not None else None
         self.limits, self.workdir, self.examples = limits, Path(workdir), dict(examples or {})
         self.models = ModelCache()
         self.uploads = _Store(32)
@@ -89,14 +168,32 @@ class Demo:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def choices(self, kind: str) -> list[str]:
-        """Labels of the checkpoints for a tab (``segment``, ``prompt``, ``change``)."""
+        """Labels of the checkpoints for a tab (a kind of :data:`~.checkpoints.KINDS`: ``segment``, ``prompt``,
+        ``change``, ``points``, ``generate``)."""
         return [label for label, c in self.checkpoints.items() if kind in c.kinds]
 
+    def is_builtin(self, info: CheckpointInfo) -> bool:
+        """Whether a checkpoint is one of the built-in demo checkpoints."""
+        return self.builtin is not None and info.path.resolve().is_relative_to(self.builtin)
+
     def default(self, kind: str, prefer: str = "") -> str | None:
-        """The tab's default checkpoint: the first whose file name starts with ``prefer``, else the first."""
+        """The tab's default checkpoint, taken from the user's own checkpoints of this kind when there are any
+        (else the built-in ones): the first whose file name starts with ``prefer``, else the first."""
         labels = self.choices(kind)
-        preferred = [label for label in labels if self.checkpoints[label].path.name.startswith(prefer)]
-        return (preferred or labels or [None])[0]
+        own = [label for label in labels if not self.is_builtin(self.checkpoints[label])]
+        candidates = own or labels
+        preferred = [label for label in candidates if self.checkpoints[label].path.name.startswith(prefer)]
+        return (preferred or candidates or [None])[0]
+
+    def not_ready(self, kind: str, label: str | None, missing: str | None = None) -> str | None:
+        """Why a tab cannot run now, as the sentence shown beside its disabled Run button, or ``None`` when it
+        can: no checkpoint of the tab's ``kind``, none picked, or ``missing`` (an input not uploaded yet)."""
+        labels = self.choices(kind)
+        if not labels:
+            return NO_CHECKPOINT[kind]
+        if label not in labels:
+            return "Pick a checkpoint from the list."
+        return missing
 
     def checkpoint(self, label: str | None, kind: str) -> CheckpointInfo:
         """The checkpoint behind a dropdown label; anything else (a path, another tab's model) is refused."""
@@ -114,8 +211,13 @@ class Demo:
         if info is None:
             return "No checkpoint selected." if self.checkpoints else (
                 "No checkpoints found: start with `vadapt demo --checkpoints DIR`.")
-        return (f"**{info.task}** on **{info.backbone}**, {info.trainable:,} trainable parameters  \n"
-                f"bands: {', '.join(info.bands)}  \nclasses: {', '.join(info.class_names)}")
+        lines = [f"**{info.task}** on **{info.backbone}**, {info.trainable:,} trainable parameters"]
+        if info.bands:  # point clouds have none
+            lines.append(f"bands: {', '.join(info.bands)}")
+        lines.append(f"classes: {', '.join(info.class_names)}")
+        if self.is_builtin(info):
+            lines.append("_built-in demo checkpoint_")
+        return "  \n".join(lines)
 
     # ---- uploads -----------------------------------------------------------------------------------------
     def upload(self, path: str | None, file_bands: str | None = None, scale: float = 1.0) -> tuple[str, LoadedImage]:
@@ -144,20 +246,26 @@ class Demo:
         return picture
 
     # ---- Segment -----------------------------------------------------------------------------------------
+    def _mask(self, image: LoadedImage, info: CheckpointInfo) -> np.ndarray:
+        x = images.model_input(image, list(info.bands))
+        return predict.segment(self.models.predictor(info), x, image.invalid, georeferenced_pixel_size(image.georef))
+
     def segment(self, image_id: str, label: str | None, rgb: list[str] | None = None, opacity: float = 0.5,
                 geotiff: bool = True) -> SegmentResult:
         """Run a segmentation checkpoint on an uploaded image (tiled at any size)."""
         info = self.checkpoint(label, "segment")
         image = self.image(image_id)
-        x = images.model_input(image, list(info.bands))
-        mask = predict.segment(self.models.predictor(info), x, image.invalid, georeferenced_pixel_size(image.georef))
+        start = time.perf_counter()
+        mask = self._mask(image, info)
+        seconds = time.perf_counter() - start
         result_id = self.results.put((image_id, mask, info))
         path = export.save_mask(mask, self.workdir / result_id, image.name, image.georef, geotiff)
         counts = render.class_counts(mask, info.num_classes)
         shares = ", ".join(f"{n} {100 * c / max(counts.sum(), 1):.1f} %" for n, c in zip(info.class_names, counts))
         summary = f"{image.name}: {mask.shape[1]}x{mask.shape[0]} px; {shares}"
         overlay = render.class_overlay(self.preview(image_id, rgb), mask, opacity)
-        return SegmentResult(result_id, overlay, render.legend_html(info.class_names, counts), path, summary)
+        return SegmentResult(result_id, overlay, render.legend_html(info.class_names, counts), path, summary,
+                             seconds)
 
     def segment_overlay(self, result_id: str, rgb: list[str] | None, opacity: float) -> np.ndarray:
         """Redraw the last result with other bands or opacity (no model run)."""
@@ -167,6 +275,33 @@ class Demo:
     # ---- Prompt ------------------------------------------------------------------------------------------
     def prompt_start(self, image_id: str) -> prompts.PromptState:
         return prompts.PromptState(image_id=image_id)
+
+    def prompt_click(self, state: prompts.PromptState | None, x: float, y: float, mode: str, label: str | None
+                     ) -> tuple[prompts.PromptState, np.ndarray, str]:
+        """One click at ``(x, y)`` on the picture as the page shows it (enlarged by :func:`.render.display_factor`
+        when small): a new state with the click, its picture and line. ``state`` itself is left as it was, so a
+        failed run changes nothing."""
+        if state is None:
+            raise AppError("upload an image first")
+        factor = render.display_factor(*self.image(state.image_id).shape)
+        new = copy.deepcopy(state)
+        new.click((float(x) + 0.5) / factor - 0.5, (float(y) + 0.5) / factor - 0.5, mode)
+        return (new, *self.prompt_view(new, label))
+
+    def prompt_edit(self, state: prompts.PromptState | None, label: str | None, action: str
+                    ) -> tuple[prompts.PromptState, np.ndarray, str]:
+        """``undo`` the last click or ``clear`` them all: a new state, its picture and line (``state`` unchanged)."""
+        if state is None:
+            raise AppError("upload an image first")
+        new = copy.deepcopy(state)
+        match action:
+            case "undo":
+                new.undo()
+            case "clear":
+                new.clear()
+            case _:
+                raise ValueError(f"unknown prompt action {action!r}: undo or clear")
+        return (new, *self.prompt_view(new, label))
 
     def prompt_view(self, state: prompts.PromptState, label: str | None, rgb: list[str] | None = None,
                     opacity: float = 0.5) -> tuple[np.ndarray, str]:
@@ -200,13 +335,67 @@ class Demo:
                            "(vadapt infer --align does it for folders)")
         a = images.model_input(before, list(info.bands))
         b = images.model_input(after, list(info.bands))
+        start = time.perf_counter()
         mask, percent = predict.change(self.models.predictor(info), a, b, before.invalid | after.invalid
                                        if before.invalid.shape == after.invalid.shape else None)
+        seconds = time.perf_counter() - start
         path = export.save_mask(mask, self.workdir / uuid.uuid4().hex, after.name, after.georef or before.georef,
                                 geotiff)
         overlay = render.change_overlay(images.composite(after), mask, opacity)
         summary = f"changed: {percent:.2f} % of the valid pixels ({int((mask == 1).sum()):,} px)"
-        return ChangeResult(overlay, percent, path, summary)
+        return ChangeResult(overlay, percent, path, summary, seconds)
+
+    # ---- Batch -------------------------------------------------------------------------------------------
+    def batch_not_ready(self, label: str | None, paths: list[str] | None) -> str | None:
+        """Why the Batch tab's Run cannot run now (``None``: it can). The page segments a few uploaded files with
+        a segmentation checkpoint; anything else is the command line's job (the command is shown)."""
+        if not self.choices("segment"):
+            return NO_CHECKPOINT["segment"]
+        info = self.checkpoints.get(label or "")
+        if info is None:
+            return "Pick a checkpoint from the list."
+        if "segment" not in info.kinds:
+            return (f"This page runs segmentation checkpoints on a few files; for {info.path.name} ({info.task}) "
+                    "use the command below.")
+        return None if paths else UPLOAD_FIRST["batch"]
+
+    def batch(self, paths: list[str] | None, label: str | None, geotiff: bool = True) -> BatchResult:
+        """Segment up to ``limits.max_batch_files`` uploaded images with one checkpoint: a zip of their masks and a
+        row per file. A file that cannot be segmented is listed with its reason; the batch fails only when none
+        can."""
+        info = self.checkpoint(label, "segment")
+        paths = list(paths or [])
+        if not paths:
+            raise AppError("upload one or more images first")
+        if len(paths) > self.limits.max_batch_files:
+            raise AppError(f"{len(paths)} files; this page segments up to {self.limits.max_batch_files} at once "
+                           "(for folders use the command below)")
+        folder, rows, failures, written = self.workdir / uuid.uuid4().hex, [], [], []
+        start = time.perf_counter()
+        for n, path in enumerate(paths):
+            name = Path(path).name
+            try:
+                image = images.load_image(path, self.limits)
+                mask = self._mask(image, info)
+            except AppError as exc:
+                failures.append(f"{name}: {exc}" if name not in str(exc) else str(exc))
+                continue
+            written.append(export.save_mask(mask, folder / f"{n:03d}", image.name, image.georef, geotiff))
+            counts = render.class_counts(mask, info.num_classes)
+            shares = ", ".join(f"{c} {100 * k / max(counts.sum(), 1):.1f} %" for c, k in zip(info.class_names, counts))
+            rows.append((image.name, f"{mask.shape[1]}x{mask.shape[0]} px; {shares}"))
+        if not rows:
+            raise AppError("no file could be segmented: " + "; ".join(failures))
+        archive = folder / "masks.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            names: set[str] = set()
+            for path in written:
+                name, k = path.name, 2
+                while name in names:  # two uploads of the same name: mask.png, mask_2.png
+                    name, k = f"{path.stem}_{k}{path.suffix}", k + 1
+                names.add(name)
+                zipped.write(path, name)
+        return BatchResult(archive, rows, failures, time.perf_counter() - start)
 
     def batch_help(self, label: str | None) -> str:
         """The `vadapt infer` command for a folder of images with the chosen checkpoint."""
@@ -223,11 +412,11 @@ class Demo:
     # ---- 3D ----------------------------------------------------------------------------------------------
     def point_choices(self) -> list[str]:
         """Labels of the point classification / part segmentation checkpoints (the 3D tab's)."""
-        return [label for label, c in self.checkpoints.items() if points.is_point_checkpoint(c)]
+        return self.choices("points")
 
     def point_default(self) -> str | None:
-        """The 3D tab's default checkpoint: the first point checkpoint, if any."""
-        return (self.point_choices() or [None])[0]
+        """The 3D tab's default checkpoint (see :meth:`default`)."""
+        return self.default("points")
 
     def point_checkpoint(self, label: str | None) -> CheckpointInfo:
         """The point checkpoint behind a 3D-tab label; anything else is refused."""

@@ -1,17 +1,24 @@
 """The Gradio page (the only module that imports ``gradio`` at import time): six tabs wired to
 :class:`~.service.Demo` (the Generate tab's layout is :func:`.generate.build_tab`, called from here).
 
+Every tab has one message area, under its Run button, and every action reports there through :func:`on`: what
+it did, or why it failed. A failure changes nothing else on the page (no error badges, the last result stays).
+Run buttons are disabled, with the reason in the message area, while the tab cannot run (no checkpoint of its
+kind, nothing uploaded yet). Small pictures are shown enlarged (:func:`.render.enlarge`); downloads keep the
+real size.
+
 Offline by construction: analytics off (``GRADIO_ANALYTICS_ENABLED=False`` before the import), system fonts
-(no web-font fetches), no server-side rendering process, ``share`` only when asked.
+(no web-font fetches), no server-side rendering process, ``share`` only when asked, no Share buttons.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-import logging
+import html
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +31,19 @@ from . import generate as generation  # noqa: E402
 from .limits import AppError  # noqa: E402
 from .points import UPLOAD_TYPES as POINT_UPLOAD_TYPES  # noqa: E402
 from .prompts import MODES, PromptState  # noqa: E402
-from .service import Demo  # noqa: E402
+from .render import enlarge  # noqa: E402
+from .service import UPLOAD_FIRST, Demo, failure_message  # noqa: E402
 
-log = logging.getLogger("vadapt.app")
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz"]
+MESSAGE = "vadapt-message"
+ERROR = "vadapt-error"
+#: image toolbars: fullscreen only (no Share off Spaces; downloads are the real-size files beside each result)
+IMAGE_BUTTONS = ["fullscreen"]
+CSS = f"""
+.{MESSAGE} {{ min-height: 1.6em; }}
+.{ERROR}, .{ERROR} * {{ color: var(--error-text-color, #b91c1c) !important; }}
+.vadapt-pixels img {{ image-rendering: pixelated; }}
+"""
 
 
 def offline_theme() -> gr.themes.Base:
@@ -36,23 +52,52 @@ def offline_theme() -> gr.themes.Base:
                              font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
-def shown(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a callback so that any failure reaches the page as one short message, never a stack trace."""
+# ---- the one way actions report ------------------------------------------------------------------------------
+def message_area(elem_id: str, text: str | None = "") -> gr.Markdown:
+    """A tab's message area (what the last action did, or why it failed, or why Run waits)."""
+    return gr.Markdown(text or "", elem_id=elem_id, elem_classes=[MESSAGE])
 
-    @functools.wraps(fn)  # keeps the signature: Gradio passes event data (gr.SelectData) by annotation
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+def status(text: str | None, error: bool = False) -> Any:
+    """The message area's update: ``text`` (an error in red, its HTML escaped), or no change for ``None``."""
+    if text is None:
+        return gr.update()
+    if error:
+        text = f"**Error:** {html.escape(text, quote=False)}"
+    return gr.update(value=text, elem_classes=[MESSAGE, ERROR] if error else [MESSAGE])
+
+
+def run_button(reason: str | None) -> Any:
+    """A Run button's update: enabled when nothing stops the tab (``reason`` is None), else disabled."""
+    return gr.update(interactive=reason is None)
+
+
+def on(event: Callable[..., Any], fn: Callable[..., Sequence[Any]], inputs: Any, outputs: list[Any],
+       message: gr.Markdown, failure: dict[Any, Any] | None = None, **options: Any) -> Any:
+    """Wire ``fn`` to ``event`` (a listener such as ``button.click``) so that it reports in ``message``.
+
+    ``fn`` returns one value per output and, last, the message text (``None``: leave the area as it is). When
+    it raises, no output changes (no error badges; the last result stays) except those named in ``failure``
+    (component -> value, e.g. a Run button disabled), and the area shows the one-line reason
+    (:func:`~.service.failure_message`: an :class:`~.limits.AppError` as is, a bug as its type, logged in full).
+    """
+    failure = failure or {}
+
+    @functools.wraps(fn)  # keeps the signature: Gradio passes event data (gr.SelectData) and progress by it
+    def reported(*args: Any, **kwargs: Any) -> list[Any]:
         try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except AppError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception as exc:  # noqa: BLE001 - logged in full on the server, one line in the page
-            log.exception("callback %s failed", fn.__name__)
-            first = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise gr.Error(f"unexpected error ({type(exc).__name__}): {first}", print_exception=False) from None
+            *values, text = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure is the message, never a stack trace or a badge
+            kept = [copy.copy(failure[c]) if c in failure else gr.update() for c in outputs]
+            return [*kept, status(failure_message(exc), error=True)]
+        return [*values, status(text)]
 
-    return wrapper
+    return event(reported, inputs, [*outputs, message], **options)
+
+
+def keep(n: int = 1) -> list[Any]:
+    """``n`` "no change" updates."""
+    return [gr.update() for _ in range(n)]
 
 
 def _band_dropdowns(label: str) -> list[gr.Dropdown]:
@@ -64,233 +109,316 @@ def _band_updates(image) -> list[Any]:
     return [gr.update(choices=labels, value=picked[i]) for i in range(3)]
 
 
+def _image_line(image) -> str:
+    return (f"{image.name}: {image.shape[1]}x{image.shape[0]} px, {len(image.array)} band(s) "
+            f"({', '.join(image.band_labels())})")
+
+
+def _either(reason: str | None, done: str) -> str:
+    """The message after an action that changed whether the tab can run: ``done``, then why Run waits."""
+    return f"{done}  \n{reason}" if reason else done
+
+
+def result_image(label: str, elem_id: str, **kwargs: Any) -> gr.Image:
+    """An output picture: no upload, fullscreen only (downloads are the real-size files)."""
+    return gr.Image(label=label, type="numpy", format="png", interactive=False, buttons=IMAGE_BUTTONS,
+                    elem_id=elem_id, **kwargs)
+
+
+# ---- the page -------------------------------------------------------------------------------------------------
 def build(demo: Demo) -> gr.Blocks:
     """The page for ``demo``; call ``.launch()`` (see :func:`launch`)."""
-    seg_default, prompt_default = demo.default("segment", "quickstart"), demo.default("prompt", "sam_tiny")
-    change_default = demo.default("change", "change_tiny")
-    examples = demo.examples
     # uploads in Gradio's cache are deleted after an hour (checked hourly)
     with gr.Blocks(title="vadapt demo", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown("# vadapt: frozen foundation models + small adapters\nUpload an image, pick an adapter "
                     "checkpoint, run. Files stay on this machine; the models run on its CPU/GPU.")
-        # ---------------- Segment ----------------
-        with gr.Tab("Segment", id="segment"):
-            seg_image_id, seg_result_id = gr.State(None), gr.State(None)
-            with gr.Row():
-                with gr.Column(scale=1):
-                    seg_file = gr.File(label="image (PNG, JPEG, TIFF, GeoTIFF, .npy/.npz)",
-                                       file_types=UPLOAD_TYPES, elem_id="seg-file")
-                    if "s2" in examples:
-                        seg_example = gr.Button("use the example Sentinel-2 scene", size="sm", elem_id="seg-example")
-                    with gr.Accordion("file options", open=False):
-                        seg_bands_text = gr.Textbox(label="band names of the file, comma separated (when it does "
-                                                          "not name them)", placeholder="blue, green, red, nir")
-                        seg_scale = gr.Number(label="extra value factor, before the checkpoint's own scaling "
-                                                    "(1 = the file's values, as the checkpoint expects them)",
-                                              value=1.0)
-                    seg_ckpt = gr.Dropdown(label="adapter checkpoint", choices=demo.choices("segment"),
-                                           value=seg_default, elem_id="seg-ckpt")
-                    seg_about = gr.Markdown(demo.describe(seg_default))
-                    with gr.Row():
-                        seg_rgb = _band_dropdowns("composite")
-                    seg_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="mask opacity",
-                                            elem_id="seg-opacity")
-                    seg_geotiff = gr.Checkbox(value=True, label="download as GeoTIFF when the input is georeferenced")
-                    seg_run = gr.Button("Run", variant="primary", elem_id="seg-run")
-                with gr.Column(scale=2):
-                    seg_view = gr.Image(label="result", type="numpy", format="png", interactive=False,
-                                        elem_id="seg-view")
-                    seg_legend = gr.HTML(elem_id="seg-legend")
-                    seg_summary = gr.Markdown(elem_id="seg-summary")
-                    seg_download = gr.File(label="mask download", interactive=False, elem_id="seg-download")
-
-            @shown
-            def seg_upload(path, bands_text, scale):
-                if not path:
-                    return [None, None, None, "", "", *[gr.update() for _ in range(3)]]
-                image_id, image = demo.upload(path, bands_text, scale)
-                picture = demo.preview(image_id)
-                return [image_id, None, picture, "", f"{image.name}: {image.shape[1]}x{image.shape[0]} px, "
-                        f"{len(image.array)} bands ({', '.join(image.band_labels())})", *_band_updates(image)]
-
-            upload_outputs = [seg_image_id, seg_result_id, seg_view, seg_legend, seg_summary, *seg_rgb]
-            seg_file.change(seg_upload, [seg_file, seg_bands_text, seg_scale], upload_outputs)
-            seg_bands_text.submit(seg_upload, [seg_file, seg_bands_text, seg_scale], upload_outputs)
-            seg_scale.submit(seg_upload, [seg_file, seg_bands_text, seg_scale], upload_outputs)
-            if "s2" in examples:
-                seg_example.click(lambda: str(examples["s2"]), None, seg_file)
-            seg_ckpt.change(demo.describe, seg_ckpt, seg_about)
-
-            @shown
-            def seg_go(image_id, label, r, g, b, opacity, geotiff):
-                result = demo.segment(image_id, label, [r, g, b], opacity, geotiff)
-                return result.result_id, result.overlay, result.legend, result.summary, str(result.mask_path)
-
-            seg_run.click(seg_go, [seg_image_id, seg_ckpt, *seg_rgb, seg_opacity, seg_geotiff],
-                          [seg_result_id, seg_view, seg_legend, seg_summary, seg_download])
-
-            @shown
-            def seg_redraw(image_id, result_id, r, g, b, opacity):
-                if result_id is not None:
-                    return demo.segment_overlay(result_id, [r, g, b], opacity)
-                return demo.preview(image_id, [r, g, b]) if image_id is not None else gr.update()
-
-            for control in (*seg_rgb, seg_opacity):
-                control.input(seg_redraw, [seg_image_id, seg_result_id, *seg_rgb, seg_opacity], seg_view)
-
-        # ---------------- Prompt ----------------
-        with gr.Tab("Prompt", id="prompt"):
-            prompt_state = gr.State(None)
-            with gr.Row():
-                with gr.Column(scale=1):
-                    prompt_file = gr.File(label="image", file_types=UPLOAD_TYPES, elem_id="prompt-file")
-                    if "rgb" in examples:
-                        prompt_example = gr.Button("use the example image", size="sm", elem_id="prompt-example")
-                    prompt_ckpt = gr.Dropdown(label="promptable (SAM-family) checkpoint",
-                                              choices=demo.choices("prompt"), value=prompt_default,
-                                              elem_id="prompt-ckpt")
-                    prompt_about = gr.Markdown(demo.describe(prompt_default))
-                    prompt_mode = gr.Radio(list(MODES), value=MODES[0], label="a click adds",
-                                           elem_id="prompt-mode")
-                    with gr.Row():
-                        prompt_undo = gr.Button("Undo", size="sm", elem_id="prompt-undo")
-                        prompt_clear = gr.Button("Clear", size="sm", elem_id="prompt-clear")
-                    gr.Markdown("The image is encoded once (first click); further clicks re-run only SAM's "
-                                "prompt encoder and mask decoder.")
-                with gr.Column(scale=2):
-                    prompt_view = gr.Image(label="click on the image", type="numpy", format="png",
-                                           interactive=False, elem_id="prompt-view")
-                    prompt_text = gr.Markdown(elem_id="prompt-text")
-
-            @shown
-            def prompt_upload(path):
-                if not path:
-                    return None, None, ""
-                image_id, _ = demo.upload(path)
-                state = demo.prompt_start(image_id)
-                picture, text = demo.prompt_view(state, None)
-                return state, picture, text
-
-            prompt_file.change(prompt_upload, prompt_file, [prompt_state, prompt_view, prompt_text])
-            if "rgb" in examples:
-                prompt_example.click(lambda: str(examples["rgb"]), None, prompt_file)
-
-            @shown
-            def prompt_click(state: PromptState | None, label, mode, evt: gr.SelectData):
-                if state is None:
-                    raise AppError("upload an image first")
-                x, y = evt.index[:2]
-                state.click(float(x), float(y), mode)
-                picture, text = demo.prompt_view(state, label)
-                return state, picture, text
-
-            prompt_view.select(prompt_click, [prompt_state, prompt_ckpt, prompt_mode],
-                               [prompt_state, prompt_view, prompt_text])
-
-            @shown
-            def prompt_edit(state: PromptState | None, label, action: str):
-                if state is None:
-                    raise AppError("upload an image first")
-                state.undo() if action == "undo" else state.clear()
-                picture, text = demo.prompt_view(state, label)
-                return state, picture, text
-
-            prompt_undo.click(lambda s, c: prompt_edit(s, c, "undo"), [prompt_state, prompt_ckpt],
-                              [prompt_state, prompt_view, prompt_text])
-            prompt_clear.click(lambda s, c: prompt_edit(s, c, "clear"), [prompt_state, prompt_ckpt],
-                               [prompt_state, prompt_view, prompt_text])
-            prompt_ckpt.change(demo.describe, prompt_ckpt, prompt_about)
-
-        # ---------------- Change ----------------
-        with gr.Tab("Change", id="change"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    change_a = gr.File(label="before", file_types=UPLOAD_TYPES, elem_id="change-a")
-                    change_b = gr.File(label="after", file_types=UPLOAD_TYPES, elem_id="change-b")
-                    if "before" in examples:
-                        change_example = gr.Button("use the example pair", size="sm", elem_id="change-example")
-                    change_ckpt = gr.Dropdown(label="change-detection checkpoint", choices=demo.choices("change"),
-                                              value=change_default, elem_id="change-ckpt")
-                    change_about = gr.Markdown(demo.describe(change_default) if change_default else
-                                               "No change-detection checkpoint found under --checkpoints: train "
-                                               "one (configs/peftcd_*.yaml) and pick it here.")
-                    change_opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="mask opacity")
-                    change_run = gr.Button("Run", variant="primary", elem_id="change-run")
-                with gr.Column(scale=2):
-                    change_view = gr.Image(label="changes (red) over the after image", type="numpy", format="png",
-                                           interactive=False, elem_id="change-view")
-                    change_text = gr.Markdown(elem_id="change-text")
-                    change_download = gr.File(label="mask download", interactive=False)
-
-            @shown
-            def change_go(path_a, path_b, label, opacity):
-                if not path_a or not path_b:
-                    raise AppError("upload both images (before and after)")
-                before_id, _ = demo.upload(path_a)
-                after_id, _ = demo.upload(path_b)
-                result = demo.change(before_id, after_id, label, opacity)
-                return result.overlay, result.summary, str(result.mask_path)
-
-            change_run.click(change_go, [change_a, change_b, change_ckpt, change_opacity],
-                             [change_view, change_text, change_download])
-            if "before" in examples:
-                change_example.click(lambda: (str(examples["before"]), str(examples["after"])), None,
-                                     [change_a, change_b])
-            change_ckpt.change(demo.describe, change_ckpt, change_about)
-
-        # ---------------- Batch ----------------
-        with gr.Tab("Batch", id="batch"):
-            gr.Markdown("Folders of images (any size, GeoTIFFs keep their georeference, resumable) are a job for "
-                        "the command line, not a web page: `vadapt infer` (see docs/inference.md).")
-            batch_ckpt = gr.Dropdown(label="checkpoint", choices=list(demo.checkpoints), value=seg_default)
-            batch_cmd = gr.Code(demo.batch_help(seg_default), language="shell", label="command")
-            batch_ckpt.change(demo.batch_help, batch_ckpt, batch_cmd)
-
-        # ---------------- 3D ----------------
-        with gr.Tab("3D", id="points"):
-            points_default = demo.point_default()
-            with gr.Row():
-                with gr.Column(scale=1):
-                    points_file = gr.File(label="point cloud or mesh (.ply, .obj, .off, .npy, .xyz)",
-                                          file_types=POINT_UPLOAD_TYPES, elem_id="points-file")
-                    points_ckpt = gr.Dropdown(label="point-cloud checkpoint (classification or part segmentation)",
-                                              choices=demo.point_choices(), value=points_default,
-                                              elem_id="points-ckpt")
-                    points_about = gr.Markdown(demo.describe(points_default) if points_default else
-                                               "No point-cloud checkpoint found under --checkpoints: train one "
-                                               "(configs/point_*.yaml) and pick it here.")
-                    points_count = gr.Slider(256, 8192, value=1024, step=256, label="points fed to the model",
-                                             elem_id="points-count")
-                    points_run = gr.Button("Run", variant="primary", elem_id="points-run")
-                with gr.Column(scale=2):
-                    points_view = gr.Model3D(label="cloud (coloured by predicted part for part segmentation)",
-                                             clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="points-view")
-                    points_scores = gr.Label(label="class probabilities / share of points per part",
-                                             num_top_classes=10, elem_id="points-scores")
-                    points_text = gr.Markdown(elem_id="points-text")
-                    points_download = gr.File(label="coloured .ply download (part segmentation)",
-                                              interactive=False, elem_id="points-download")
-
-            @shown
-            def points_upload(path):
-                if not path:
-                    return None, None, "", None
-                return str(demo.point_view(path)), None, "", None
-
-            @shown
-            def points_go(path, label, count):
-                result = demo.predict_points(path, label, int(count))
-                return (str(result.model_path), result.scores, result.summary,
-                        str(result.download) if result.download else None)
-
-            points_outputs = [points_view, points_scores, points_text, points_download]
-            points_file.change(points_upload, points_file, points_outputs)
-            points_run.click(points_go, [points_file, points_ckpt, points_count], points_outputs)
-            points_ckpt.change(demo.describe, points_ckpt, points_about)
-
-        # ---------------- Generate ----------------
-        generation.build_tab(demo, shown)
+        _segment_tab(demo)
+        _prompt_tab(demo)
+        _change_tab(demo)
+        _batch_tab(demo)
+        _points_tab(demo)
+        generation.build_tab(demo)
     return page
+
+
+def _segment_tab(demo: Demo) -> None:
+    default = demo.default("segment", "quickstart")
+    reason = demo.not_ready("segment", default, UPLOAD_FIRST["segment"])
+    with gr.Tab("Segment", id="segment"):
+        image_id, result_id = gr.State(None), gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                file = gr.File(label="image (PNG, JPEG, TIFF, GeoTIFF, .npy/.npz)", file_types=UPLOAD_TYPES,
+                               elem_id="seg-file")
+                example = (gr.Button("use the example Sentinel-2 scene", size="sm", elem_id="seg-example")
+                           if "s2" in demo.examples else None)
+                with gr.Accordion("file options", open=False):
+                    bands_text = gr.Textbox(label="band names of the file, comma separated (when it does not name "
+                                                  "them)", placeholder="blue, green, red, nir")
+                    scale = gr.Number(label="extra value factor, before the checkpoint's own scaling (1 = the "
+                                            "file's values, as the checkpoint expects them)", value=1.0)
+                ckpt = gr.Dropdown(label="adapter checkpoint", choices=demo.choices("segment"), value=default,
+                                   elem_id="seg-ckpt")
+                about = gr.Markdown(demo.describe(default) if default else "", elem_id="seg-about")
+                with gr.Row():
+                    rgb = _band_dropdowns("composite")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="mask opacity", elem_id="seg-opacity")
+                geotiff = gr.Checkbox(value=True, label="download as GeoTIFF when the input is georeferenced")
+                run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="seg-run")
+                message = message_area("seg-message", reason)
+            with gr.Column(scale=2):
+                view = result_image("result", "seg-view")
+                legend = gr.HTML(elem_id="seg-legend")
+                summary = gr.Markdown(elem_id="seg-summary")
+                download = gr.File(label="mask download", interactive=False, elem_id="seg-download")
+
+    def upload(path, file_bands, factor, label):
+        waits = demo.not_ready("segment", label, None if path else UPLOAD_FIRST["segment"])
+        if not path:  # the upload was removed: the result stays, Run waits for another
+            return [None, *keep(5), *keep(3), run_button(waits), waits]
+        new_id, image = demo.upload(path, file_bands, factor)
+        return [new_id, None, enlarge(demo.preview(new_id)), "", "", None, *_band_updates(image),
+                run_button(waits), _either(waits, _image_line(image))]
+
+    upload_outputs = [image_id, result_id, view, legend, summary, download, *rgb, run]
+    upload_failed = {image_id: None, run: run_button("no image")}
+    for event in (file.change, bands_text.submit, scale.submit):
+        on(event, upload, [file, bands_text, scale, ckpt], upload_outputs, message, upload_failed)
+    if example is not None:
+        example.click(lambda: str(demo.examples["s2"]), None, file)
+
+    def pick(label, current):
+        waits = demo.not_ready("segment", label, None if current else UPLOAD_FIRST["segment"])
+        return demo.describe(label), run_button(waits), waits or ""
+
+    on(ckpt.change, pick, [ckpt, image_id], [about, run], message)
+
+    def go(current, label, r, g, b, alpha, as_geotiff):
+        result = demo.segment(current, label, [r, g, b], alpha, as_geotiff)
+        done = f"Done in {result.seconds:.1f} s with {demo.checkpoints[label].path.name}."
+        return result.result_id, enlarge(result.overlay), result.legend, result.summary, str(result.mask_path), done
+
+    on(run.click, go, [image_id, ckpt, *rgb, opacity, geotiff], [result_id, view, legend, summary, download],
+       message)
+
+    def redraw(current, result, r, g, b, alpha):
+        if result is not None:
+            return enlarge(demo.segment_overlay(result, [r, g, b], alpha)), None
+        return (enlarge(demo.preview(current, [r, g, b])) if current is not None else gr.update()), None
+
+    for control in (*rgb, opacity):
+        on(control.input, redraw, [image_id, result_id, *rgb, opacity], [view], message)
+
+
+def _prompt_tab(demo: Demo) -> None:
+    default = demo.default("prompt", "sam_tiny")
+    reason = demo.not_ready("prompt", default, UPLOAD_FIRST["prompt"])
+    with gr.Tab("Prompt", id="prompt"):
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                file = gr.File(label="image", file_types=UPLOAD_TYPES, elem_id="prompt-file")
+                example = (gr.Button("use the example image", size="sm", elem_id="prompt-example")
+                           if "rgb" in demo.examples else None)
+                ckpt = gr.Dropdown(label="promptable (SAM-family) checkpoint", choices=demo.choices("prompt"),
+                                   value=default, elem_id="prompt-ckpt")
+                about = gr.Markdown(demo.describe(default) if default else "", elem_id="prompt-about")
+                mode = gr.Radio(list(MODES), value=MODES[0], label="a click adds", elem_id="prompt-mode")
+                with gr.Row():
+                    undo = gr.Button("Undo", size="sm", elem_id="prompt-undo")
+                    clear = gr.Button("Clear", size="sm", elem_id="prompt-clear")
+                gr.Markdown("The image is encoded once (first click); further clicks re-run only SAM's prompt "
+                            "encoder and mask decoder.")
+                message = message_area("prompt-message", reason)
+            with gr.Column(scale=2):
+                view = result_image("click on the image", "prompt-view")
+                text = gr.Markdown(elem_id="prompt-text")
+
+    def upload(path, label):
+        waits = demo.not_ready("prompt", label)
+        if not path:  # removed: the picture stays (and can still be clicked)
+            return [*keep(3), None]
+        new_id, image = demo.upload(path)
+        new = demo.prompt_start(new_id)
+        picture, line = demo.prompt_view(new, None)
+        return new, enlarge(picture), line, _either(waits, _image_line(image))
+
+    on(file.change, upload, [file, ckpt], [state, view, text], message)
+    if example is not None:
+        example.click(lambda: str(demo.examples["rgb"]), None, file)
+
+    def click(current: PromptState | None, label, how, evt: gr.SelectData):
+        x, y = evt.index[:2]
+        new, picture, line = demo.prompt_click(current, x, y, how, label)
+        return new, enlarge(picture), line, ""
+
+    on(view.select, click, [state, ckpt, mode], [state, view, text], message)
+
+    def edit(action: str) -> Callable[..., Any]:
+        def run(current: PromptState | None, label):
+            new, picture, line = demo.prompt_edit(current, label, action)
+            return new, enlarge(picture), line, ""
+
+        run.__name__ = f"prompt_{action}"
+        return run
+
+    on(undo.click, edit("undo"), [state, ckpt], [state, view, text], message)
+    on(clear.click, edit("clear"), [state, ckpt], [state, view, text], message)
+    on(ckpt.change, lambda label: (demo.describe(label), demo.not_ready("prompt", label) or ""), ckpt, [about],
+       message)
+
+
+def _change_tab(demo: Demo) -> None:
+    default = demo.default("change", "change_tiny")
+    reason = demo.not_ready("change", default, UPLOAD_FIRST["change"])
+    with gr.Tab("Change", id="change"):
+        before_id, after_id = gr.State(None), gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                before = gr.File(label="before", file_types=UPLOAD_TYPES, elem_id="change-a")
+                after = gr.File(label="after", file_types=UPLOAD_TYPES, elem_id="change-b")
+                example = (gr.Button("use the example pair", size="sm", elem_id="change-example")
+                           if "before" in demo.examples else None)
+                ckpt = gr.Dropdown(label="change-detection checkpoint", choices=demo.choices("change"),
+                                   value=default, elem_id="change-ckpt")
+                about = gr.Markdown(demo.describe(default) if default else "", elem_id="change-about")
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="mask opacity")
+                run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="change-run")
+                message = message_area("change-message", reason)
+            with gr.Column(scale=2):
+                view = result_image("changes (red) over the after image", "change-view")
+                text = gr.Markdown(elem_id="change-text")
+                download = gr.File(label="mask download", interactive=False, elem_id="change-download")
+
+    def waits(label, a, b) -> str | None:
+        return demo.not_ready("change", label, None if a and b else UPLOAD_FIRST["change"])
+
+    def upload(which: str) -> Callable[..., Any]:
+        def read(path, label, other):
+            if not path:
+                return None, run_button("no image"), waits(label, None, other)
+            new_id, image = demo.upload(path)
+            return new_id, run_button(waits(label, new_id, other)), _either(waits(label, new_id, other),
+                                                                            f"{which}: {_image_line(image)}")
+
+        read.__name__ = f"upload_{which}"
+        return read
+
+    failed = run_button("no image")
+    on(before.change, upload("before"), [before, ckpt, after_id], [before_id, run], message,
+       {before_id: None, run: failed})
+    on(after.change, upload("after"), [after, ckpt, before_id], [after_id, run], message,
+       {after_id: None, run: failed})
+    if example is not None:
+        example.click(lambda: (str(demo.examples["before"]), str(demo.examples["after"])), None, [before, after])
+
+    def pick(label, a, b):
+        why = waits(label, a, b)
+        return demo.describe(label), run_button(why), why or ""
+
+    on(ckpt.change, pick, [ckpt, before_id, after_id], [about, run], message)
+
+    def go(a, b, label, alpha):
+        if not a or not b:
+            raise AppError("upload both images (before and after)")
+        result = demo.change(a, b, label, alpha)
+        done = f"Done in {result.seconds:.1f} s with {demo.checkpoints[label].path.name}."
+        return enlarge(result.overlay), result.summary, str(result.mask_path), done
+
+    on(run.click, go, [before_id, after_id, ckpt, opacity], [view, text, download], message)
+
+
+def _batch_table(rows: list[tuple[str, str]]) -> str:
+    cells = "\n".join(f"| {html.escape(name).replace('|', '&#124;')} | {summary} |" for name, summary in rows)
+    return f"| file | mask |\n|---|---|\n{cells}"
+
+
+def _batch_tab(demo: Demo) -> None:
+    default = demo.default("segment", "quickstart")
+    reason = demo.batch_not_ready(default, None)
+    with gr.Tab("Batch", id="batch"):
+        gr.Markdown(f"Segment a few images at once (up to {demo.limits.max_batch_files}) and download their masks "
+                    "as a zip. Folders of any size (GeoTIFFs keep their georeference, resumable) are a job for the "
+                    "command line: `vadapt infer`, as shown below (see docs/inference.md).")
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="images", file_count="multiple", file_types=UPLOAD_TYPES, elem_id="batch-files")
+                ckpt = gr.Dropdown(label="checkpoint", choices=list(demo.checkpoints), value=default,
+                                   elem_id="batch-ckpt")
+                geotiff = gr.Checkbox(value=True, label="GeoTIFF masks for georeferenced inputs")
+                run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="batch-run")
+                message = message_area("batch-message", reason)
+            with gr.Column(scale=2):
+                table = gr.Markdown(elem_id="batch-table")
+                download = gr.File(label="masks (zip)", interactive=False, elem_id="batch-download")
+                command = gr.Code(demo.batch_help(default), language="shell", label="a folder, on the command line",
+                                  lines=2, wrap_lines=True, show_line_numbers=False, interactive=False,
+                                  elem_id="batch-cmd")
+
+    def changed(paths, label):
+        why = demo.batch_not_ready(label, paths)
+        return demo.batch_help(label), run_button(why), why or f"{len(paths)} file(s) ready."
+
+    on(files.change, changed, [files, ckpt], [command, run], message)
+    on(ckpt.change, changed, [files, ckpt], [command, run], message)
+
+    def go(paths, label, as_geotiff):
+        result = demo.batch(paths, label, as_geotiff)
+        done = f"Segmented {len(result.rows)} of {len(paths)} file(s) in {result.seconds:.1f} s."
+        if result.failures:
+            done += "  \nNot segmented: " + "; ".join(html.escape(f, quote=False) for f in result.failures)
+        return _batch_table(result.rows), str(result.archive), done
+
+    on(run.click, go, [files, ckpt, geotiff], [table, download], message)
+
+
+def _points_tab(demo: Demo) -> None:
+    default = demo.point_default()
+    reason = demo.not_ready("points", default, UPLOAD_FIRST["points"])
+    with gr.Tab("3D", id="points"):
+        cloud = gr.State(None)  # the upload's path once it has been read
+        with gr.Row():
+            with gr.Column(scale=1):
+                file = gr.File(label="point cloud or mesh (.ply, .obj, .off, .npy, .xyz)",
+                               file_types=POINT_UPLOAD_TYPES, elem_id="points-file")
+                ckpt = gr.Dropdown(label="point-cloud checkpoint (classification or part segmentation)",
+                                   choices=demo.point_choices(), value=default, elem_id="points-ckpt")
+                about = gr.Markdown(demo.describe(default) if default else "", elem_id="points-about")
+                count = gr.Slider(256, 8192, value=1024, step=256, label="points fed to the model",
+                                  elem_id="points-count")
+                run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="points-run")
+                message = message_area("points-message", reason)
+            with gr.Column(scale=2):
+                view = gr.Model3D(label="cloud (coloured by predicted part for part segmentation)",
+                                  clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="points-view")
+                scores = gr.Label(label="class probabilities / share of points per part", num_top_classes=10,
+                                  elem_id="points-scores")
+                text = gr.Markdown(elem_id="points-text")
+                download = gr.File(label="coloured .ply download (part segmentation)", interactive=False,
+                                   elem_id="points-download")
+
+    def upload(path, label):
+        waits = demo.not_ready("points", label, None if path else UPLOAD_FIRST["points"])
+        if not path:
+            return [None, *keep(4), run_button(waits), waits]
+        shown = demo.point_view(path)
+        return [path, str(shown), None, "", None, run_button(waits), _either(waits, f"{Path(path).name} loaded.")]
+
+    on(file.change, upload, [file, ckpt], [cloud, view, scores, text, download, run], message,
+       {cloud: None, run: run_button("no cloud")})
+
+    def pick(label, path):
+        waits = demo.not_ready("points", label, None if path else UPLOAD_FIRST["points"])
+        return demo.describe(label) if label else "", run_button(waits), waits or ""
+
+    on(ckpt.change, pick, [ckpt, cloud], [about, run], message)
+
+    def go(path, label, points):
+        result = demo.predict_points(path, label, int(points))
+        return (str(result.model_path), result.scores, result.summary,
+                str(result.download) if result.download else None, f"Done with {demo.checkpoints[label].path.name}.")
+
+    on(run.click, go, [cloud, ckpt, count], [view, scores, text, download], message)
 
 
 def launch(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
@@ -300,7 +428,7 @@ def launch(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     page.queue(default_concurrency_limit=1)  # one model run at a time: the CPU is the bottleneck
     page.launch(server_name=host, server_port=port, share=share, show_error=True, inbrowser=False,
                 max_file_size=f"{int(demo.limits.max_upload_mb * 1024)}kb", ssr_mode=False,
-                prevent_thread_lock=not block, quiet=not block, footer_links=[], theme=offline_theme(),
+                prevent_thread_lock=not block, quiet=not block, footer_links=[], theme=offline_theme(), css=CSS,
                 allowed_paths=[str(demo.workdir)])
     return page
 

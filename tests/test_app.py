@@ -296,8 +296,28 @@ def test_batch_tab_shows_no_server_paths(demo, ckpt_dir):
         assert f"--checkpoint {info.public()}" in command and not Path(info.public()).is_absolute(), command
 
 
-# ---- page and command ----------------------------------------------------------------------------------------
-def test_page_builds_offline_and_errors_are_short_messages(demo):
+# ---- the page: one message area per tab, failures change nothing else, Run waits with a reason ------------------
+def handler(page, elem_id: str, event: str):
+    """The page's function run when ``event`` fires on the component ``elem_id``, and names of its outputs: their
+    elem_ids, ``state0``, ``state1``... for session states."""
+    ids = {block._id for block in page.blocks.values() if getattr(block, "elem_id", None) == elem_id}
+    found = [f for f in page.fns.values() if any(t[0] in ids and t[1] == event for t in f.targets)]
+    assert len(found) == 1, (elem_id, event, len(found))
+    names, states = [], 0
+    for output in found[0].outputs:
+        names.append(output.elem_id or f"state{states}")
+        states += output.elem_id is None
+    return found[0].fn, names
+
+
+def block(page, elem_id: str):
+    return next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+NO_CHANGE = {"__type__": "update"}
+
+
+def test_page_builds_offline_without_share_buttons(demo):
     import gradio as gr
 
     from vadapt.app import ui
@@ -307,16 +327,178 @@ def test_page_builds_offline_and_errors_are_short_messages(demo):
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert all(not hasattr(f, "stylesheet") or "googleapis" not in str(f.stylesheet())
                for f in ui.offline_theme()._font + ui.offline_theme()._font_mono)
+    pictures = [b for b in page.blocks.values() if isinstance(b, (gr.Image, gr.Gallery))]
+    assert len(pictures) >= 8  # (gradio's own default offers "share", which says "Must be on Spaces to share")
+    assert all("share" not in (b.buttons or []) for b in pictures), [b.elem_id for b in pictures]
+    messages = [b.elem_id for b in page.blocks.values() if ui.MESSAGE in (getattr(b, "elem_classes", None) or [])]
+    assert sorted(messages) == sorted(f"{tab}-message" for tab in ("seg", "prompt", "change", "batch", "points", "gen"))
 
-    def fails(kind):
-        raise AppError("bad file") if kind == "app" else KeyError("x" * 1000)
 
-    with pytest.raises(gr.Error) as info:
-        ui.shown(fails)("app")
-    assert info.value.message == "bad file"
-    with pytest.raises(gr.Error) as info:
-        ui.shown(fails)("other")
-    assert info.value.message.startswith("unexpected error (KeyError)") and len(info.value.message) < 300
+def test_failure_messages_are_one_line():
+    from vadapt.app.service import failure_message
+
+    assert failure_message(AppError("bad file")) == "bad file"
+    text = failure_message(KeyError("x" * 1000))
+    assert text.startswith("unexpected error (KeyError): 'xxx") and len(text) < 300
+    assert failure_message(RuntimeError()) == "unexpected error (RuntimeError)"
+
+
+def test_a_failed_action_keeps_the_result_and_says_why_in_the_message_area(demo, tmp_path, monkeypatch):
+    from vadapt.app import ui
+
+    page = ui.build(demo)
+    upload, upload_out = handler(page, "seg-file", "change")
+    run, run_out = handler(page, "seg-run", "click")
+    assert upload_out[-1] == run_out[-1] == "seg-message"
+    seg, change = label_of(demo, "seg.safetensors"), label_of(demo, "change.safetensors")
+    path = write_geotiff(tmp_path / "scene.tif", np.random.default_rng(7).random((4, 40, 50)), BANDS)
+    values = dict(zip(upload_out, upload(str(path), "", 1.0, seg)))
+    assert values["seg-run"]["interactive"] is True
+    assert "scene.tif: 50x40 px, 4 band(s)" in values["seg-message"]["value"]
+    image_id = values["state0"]
+    done = dict(zip(run_out, run(image_id, seg, "red", "green", "blue", 0.5, False)))
+    assert done["seg-view"].shape == (240, 300, 3)  # 50 px wide: shown 6x
+    assert "Done in" in done["seg-message"]["value"] and ui.ERROR not in done["seg-message"]["elem_classes"]
+    # a run that fails (another tab's checkpoint): nothing but the message changes
+    failed = run(image_id, change, "red", "green", "blue", 0.5, False)
+    assert failed[:-1] == [NO_CHANGE] * (len(run_out) - 1)
+    assert failed[-1]["elem_classes"] == [ui.MESSAGE, ui.ERROR]
+    assert "this tab needs another kind of checkpoint" in failed[-1]["value"]
+    # an upload that fails: the picture and the result stay; the upload is forgotten and Run waits
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    failed = dict(zip(upload_out, upload(str(tmp_path / "broken.tif"), "", 1.0, seg)))
+    assert failed["seg-view"] == failed["seg-legend"] == failed["seg-download"] == NO_CHANGE
+    assert failed["state0"] is None and failed["seg-run"] == {"__type__": "update", "interactive": False}
+    assert "cannot read broken.tif" in failed["seg-message"]["value"]
+    # a bug: its type in the page, never a traceback
+    monkeypatch.setattr(demo, "segment", lambda *args: {}["missing"])
+    failed = run(image_id, seg, "red", "green", "blue", 0.5, False)
+    assert failed[:-1] == [NO_CHANGE] * (len(run_out) - 1) and "unexpected error (KeyError)" in failed[-1]["value"]
+
+
+def test_a_failed_click_leaves_the_prompts_as_they_were(demo, tmp_path):
+    Image.fromarray(np.random.default_rng(8).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "s.png")
+    image_id, _ = demo.upload(str(tmp_path / "s.png"))
+    state = demo.prompt_start(image_id)
+    with pytest.raises(AppError, match="another kind"):
+        demo.prompt_click(state, 30, 30, MODES[0], label_of(demo, "seg.safetensors"))
+    assert state.points == [] and state.history == []
+    # clicks are on the enlarged picture (50 px wide: shown 6x); the point lands on the image's own pixel
+    new, picture, text = demo.prompt_click(state, 6 * 10 + 2, 6 * 20 + 3, MODES[0], label_of(demo, "sam.safetensors"))
+    assert picture.shape == (40, 50, 3) and "1 point(s)" in text and state.points == []
+    assert new.points[0] == pytest.approx((10, 20), abs=0.5)
+    undone, _, text = demo.prompt_edit(new, label_of(demo, "sam.safetensors"), "undo")
+    assert undone.points == [] and new.points and "Click" in text
+
+
+def test_run_waits_with_the_reason_when_a_tab_has_no_checkpoint_or_no_upload(ckpt_dir, tmp_path):
+    from vadapt.app import ui
+    from vadapt.app.service import NO_CHECKPOINT, UPLOAD_FIRST
+
+    found, _ = find_checkpoints([ckpt_dir / "seg"])  # a segmentation checkpoint only
+    only_seg = Demo(found, Limits(), tmp_path / "work")
+    page = ui.build(only_seg)
+    for run, message, kind in (("change-run", "change-message", "change"), ("points-run", "points-message", "points"),
+                               ("gen-run", "gen-message", "generate")):
+        assert block(page, run).interactive is False
+        assert block(page, message).value == NO_CHECKPOINT[kind]
+    assert "configs/points_quickstart.yaml" in block(page, "points-message").value
+    # nothing uploaded yet: Run waits, and says so; an upload enables it
+    assert block(page, "seg-run").interactive is False
+    assert block(page, "seg-message").value == UPLOAD_FIRST["segment"]
+    upload, outputs = handler(page, "seg-file", "change")
+    path = write_geotiff(tmp_path / "scene.tif", np.ones((4, 20, 20)), BANDS)
+    values = dict(zip(outputs, upload(str(path), "", 1.0, only_seg.default("segment"))))
+    assert values["seg-run"]["interactive"] is True
+    values = dict(zip(outputs, upload(None, "", 1.0, only_seg.default("segment"))))  # removed again
+    assert values["seg-run"]["interactive"] is False and values["seg-message"]["value"] == UPLOAD_FIRST["segment"]
+    assert only_seg.not_ready("segment", None, None) == "Pick a checkpoint from the list."
+    assert only_seg.not_ready("segment", only_seg.default("segment"), None) is None
+
+
+def test_no_checkpoint_hints_name_configs_that_exist():
+    from vadapt.app.service import NO_CHECKPOINT
+
+    root = Path(__file__).resolve().parents[1]
+    named = [c for text in NO_CHECKPOINT.values() for c in re.findall(r"configs/[\w.+-]+\.yaml", text)]
+    assert len(named) == len(NO_CHECKPOINT)
+    assert [c for c in named if not (root / c).is_file()] == []
+
+
+def test_builtin_checkpoints_stay_beside_the_users_folders(ckpt_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from vadapt.app import main as app_main
+
+    builtin = tmp_path / "builtin"
+    (builtin / "seg").mkdir(parents=True)
+    shutil.copy(ckpt_dir / "seg" / "seg.safetensors", builtin / "seg" / "seg.safetensors")  # the same name
+    shutil.copy(ckpt_dir / "change.safetensors", builtin / "change_tiny.safetensors")
+    monkeypatch.setattr(demo_files, "ensure_defaults", lambda progress=print: builtin)
+    monkeypatch.setattr(demo_files, "SCENE", tmp_path / "no-scene.npz")  # no examples: quicker
+    lines: list[str] = []
+    demo = app_main.make_demo([str(ckpt_dir)], Limits(), lines.append)
+    shutil.rmtree(demo.workdir)
+    assert len(demo.checkpoints) == 5  # the user's 3 + the built-in 2, each under its own label
+    paths = {info.path for info in demo.checkpoints.values()}
+    assert builtin.resolve() / "change_tiny.safetensors" in paths and ckpt_dir.resolve() / "change.safetensors" in paths
+    assert sum(label.startswith("builtin/seg/seg.safetensors") for label in demo.checkpoints) == 1
+    mine = demo.default("segment", "seg")  # the user's own checkpoint is each tab's default
+    assert demo.checkpoints[mine].path.is_relative_to(ckpt_dir.resolve())
+    assert "built-in demo checkpoint" not in demo.describe(mine)
+    assert demo.checkpoints[demo.default("change", "change_tiny")].path.name == "change.safetensors"
+    builtin_label = label_of(demo, "change_tiny.safetensors")
+    assert "built-in demo checkpoint" in demo.describe(builtin_label)
+    # --no-builtin: the user's folders only (the built-in ones are not even looked for)
+    monkeypatch.setattr(demo_files, "ensure_defaults", lambda progress=print: pytest.fail("built-ins looked for"))
+    alone = app_main.make_demo([str(ckpt_dir)], Limits(), lines.append, builtin=False)
+    shutil.rmtree(alone.workdir)
+    assert len(alone.checkpoints) == 3 and alone.builtin is None
+    with pytest.raises(ValueError, match="--no-builtin needs at least one --checkpoints"):
+        app_main.make_demo(None, Limits(), lines.append, builtin=False)
+    with pytest.raises(SystemExit) as exit_info:
+        app_main.main(["--no-builtin"])
+    assert exit_info.value.code == 2
+
+
+def test_small_pictures_are_shown_enlarged_by_a_whole_factor():
+    assert [render.display_factor(s, s) for s in (32, 64, 100, 192, 256, 384)] == [8, 4, 3, 2, 1, 1]
+    assert render.display_factor(30, 200) == 2  # the longest side counts
+    small = np.random.default_rng(9).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    shown = render.enlarge(small)
+    assert shown.shape == (192, 288, 3)  # 6x: 48 -> 288
+    np.testing.assert_array_equal(shown[::6, ::6], small)  # nearest neighbour: each pixel a 6x6 square
+    np.testing.assert_array_equal(shown[5::6, 5::6], small)
+    large = np.zeros((300, 20, 3), np.uint8)
+    assert render.enlarge(large) is large
+    clip = np.zeros((3, 64, 64, 3), np.uint8)
+    assert render.enlarge(clip).shape == (3, 256, 256, 3)  # frames: only height and width grow
+
+
+def test_batch_segments_the_files_it_can_and_lists_the_others(demo, tmp_path):
+    import zipfile
+
+    seg, change = label_of(demo, "seg.safetensors"), label_of(demo, "change.safetensors")
+    rng = np.random.default_rng(10)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    good = [write_geotiff(tmp_path / d / "same.tif", rng.random((4, 30, 40)), BANDS) for d in ("a", "b")]
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    result = demo.batch([*map(str, good), str(tmp_path / "rgb.png"), str(tmp_path / "broken.tif")], seg, False)
+    assert [name for name, _ in result.rows] == ["same.tif", "same.tif"] and "40x30 px" in result.rows[0][1]
+    assert len(result.failures) == 2 and "rgb.png" in result.failures[0] and "missing: nir" in result.failures[0]
+    assert result.failures[1].startswith("cannot read broken.tif")
+    with zipfile.ZipFile(result.archive) as zipped:
+        assert sorted(zipped.namelist()) == ["same_mask.png", "same_mask_2.png"]
+        assert Image.open(zipped.open("same_mask.png")).size == (40, 30)  # the real size
+    with pytest.raises(AppError, match="no file could be segmented: cannot read broken.tif"):
+        demo.batch([str(tmp_path / "broken.tif")], seg)
+    with pytest.raises(AppError, match="3 files; this page segments up to 2"):
+        Demo(list(demo.checkpoints.values()), Limits(max_batch_files=2), tmp_path).batch(["x"] * 3, seg)
+    assert "use the command below" in demo.batch_not_ready(change, ["x"])
+    assert demo.batch_not_ready(seg, []) == "Upload one or more images, then Run."
+    assert demo.batch_not_ready(seg, ["x"]) is None
 
 
 def test_demo_subcommand_parses_and_app_is_not_imported_by_the_library():
@@ -325,9 +507,9 @@ def test_demo_subcommand_parses_and_app_is_not_imported_by_the_library():
     from vadapt.app.main import add_arguments
     from vadapt.cli import _parser
 
-    argv = ["--checkpoints", "a", "--checkpoints", "b", "--port", "0"]
+    argv = ["--checkpoints", "a", "--checkpoints", "b", "--port", "0", "--no-builtin"]
     args = _parser().parse_args(["demo", *argv])
-    assert args.checkpoints == ["a", "b"] and args.host == "127.0.0.1" and not args.share
+    assert args.checkpoints == ["a", "b"] and args.host == "127.0.0.1" and not args.share and args.no_builtin
     module = argparse.ArgumentParser()
     add_arguments(module)  # `python -m vadapt.app` takes the same options with the same defaults
     assert vars(module.parse_args(argv)) == {k: v for k, v in vars(args).items() if k != "command"}

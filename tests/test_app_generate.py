@@ -71,7 +71,7 @@ def test_demo_is_small_fast_and_only_diffusion_checkpoints_are_listed(demo, demo
     labels = gen.choices(demo.checkpoints)
     assert sorted(demo.checkpoints[label].path.name for label in labels) == sorted(gen.DEMO_CHECKPOINTS)
     assert all(" | DiffusionAdapterTask | " in label for label in labels)
-    assert gen.default(demo.checkpoints) == label_of(demo, gen.DEMO_RESADAPTER)
+    assert demo.default("generate", gen.DEMO_DEFAULT) == label_of(demo, gen.DEMO_RESADAPTER)
     for kind in ("segment", "prompt", "change"):  # diffusion adapters stay out of the other tabs
         assert not set(demo.choices(kind)) & set(labels)
     if (folder / demo_files.QUICKSTART).is_file():
@@ -155,6 +155,12 @@ def test_video_needs_a_first_frame_and_gives_a_gif_of_f_frames(demo):
     with Image.open(result.path) as gif:
         assert gif.n_frames == 3 and gif.size == (side, side)
     assert "3 frames" in result.summary
+    shown = gen.display_clip(result)  # the page shows it enlarged (nearest neighbour); the download stays as is
+    with Image.open(shown) as gif:
+        assert shown != result.path and gif.n_frames == 3 and gif.size == (4 * side, 4 * side)
+        gif.seek(1)
+        frame = np.asarray(gif.convert("RGB"))
+    np.testing.assert_array_equal(frame[::4, ::4], frame[1::4, 1::4])  # 4x4 squares of one colour
 
 
 def test_multiview_needs_a_reference_and_gives_a_row_of_views(demo, tmp_path):
@@ -176,6 +182,16 @@ def test_multiview_needs_a_reference_and_gives_a_row_of_views(demo, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(AppError, match="cannot read broken.png as an image"):
         gen.generate(demo, label, "x", height=SIZE, width=SIZE, steps=1, reference=str(tmp_path / "broken.png"))
+
+
+def test_generate_waits_for_the_picture_an_adapter_needs(demo):
+    res, i2v, mv = (label_of(demo, n) for n in gen.DEMO_CHECKPOINTS)
+    assert gen.not_ready(demo, res, None, None) is None
+    assert gen.not_ready(demo, i2v, None, None).startswith("Upload a first frame")
+    assert gen.not_ready(demo, i2v, "frame.png", None) is None
+    assert gen.not_ready(demo, mv, "frame.png", None).startswith("Upload a reference image")
+    assert gen.not_ready(demo, mv, None, "object.png") is None
+    assert gen.not_ready(demo, None, None, None) == "Pick a checkpoint from the list."
 
 
 def test_page_has_the_generate_tab(demo):

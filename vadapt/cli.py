@@ -183,10 +183,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     # the app (with gradio) is imported only when the subcommand runs (run_demo)
     demo = sub.add_parser("demo", help="interactive web demo of adapter checkpoints (Gradio; needs the [app] extra)",
                           description="Serve a local web page to try adapter checkpoints: segment, prompt (SAM), "
-                          "change detection. Without --checkpoints it uses the built-in demo checkpoints.")
+                          "change detection, batch, 3D point clouds, generation. The built-in demo checkpoints "
+                          "are always offered, beside those of --checkpoints folders (unless --no-builtin).")
     demo.add_argument("--checkpoints", action="append", metavar="DIR",
-                      help="folder searched (recursively) for adapter .safetensors; repeatable (default: the "
-                      "built-in demo checkpoints in data/demo, built on first start if absent)")
+                      help="folder searched (recursively) for adapter .safetensors, offered beside the built-in "
+                      "demo checkpoints (data/demo, built on first start if absent); repeatable")
+    demo.add_argument("--no-builtin", action="store_true",
+                      help="offer only the --checkpoints folders' checkpoints, not the built-in demo ones")
     demo.add_argument("--host", default="127.0.0.1",
                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
     demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
