@@ -11,16 +11,20 @@ transform, size; class ids, ``255`` where the input had no data). Every output i
 name and renamed when complete; a rerun skips finished outputs. Files that cannot be processed (unreadable,
 wrong bands, too small, unpaired ...) are reported on screen and in ``failed.csv`` / ``report.json`` in the
 output folder, and the run goes on.
+
+Before the model loads, the run says its plan (:mod:`vadapt.inference.preflight`): every input's header is checked
+against the checkpoint's manifest, so files that cannot be predicted are reported at once, and the user sees how
+many images and tiles there are and where the outputs go before waiting for the model. Everything a run says goes
+through one :class:`~vadapt.inference.console.Console` (standard error): a redrawn status line and progress bar
+on a terminal, plain lines without control characters in a log.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,13 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from vadapt.data.io import BandReader, DataError, FileInfo
-from vadapt.data.registration import Grid, grid_mismatch
-from vadapt.data.safe_open import open_raster
-from vadapt.preprocessing import Preprocessing, georeferenced_pixel_size, pixel_size_note
+from vadapt.data.io import DataError, FileInfo
+from vadapt.preprocessing import Preprocessing
 from vadapt.tiling import Blend, RowBlender, tile_grid
 from vadapt.visualize import PALETTE, overlay, rgb_composite
 
+from .console import Console
 from .files import (
     MASK_NODATA,
     Job,
@@ -53,16 +56,13 @@ from .files import (
 )
 from .fuse import fold_batch_norms
 from .options import InferOptions, Precision, check_choice
-from .resampling import Plan, plan
+from .preflight import CheckpointFacts, JobCheck, RunPlan, refusal, survey
+from .resampling import Plan
 from .tta import TestTimeAugmentation
 
 os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB; GDAL's default (5% of RAM) would dwarf our own buffers
 PRECISIONS: dict[Precision, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 assert set(PRECISIONS) == set(get_args(Precision)), "a precision of InferOptions without a torch dtype"
-MIN_SIDE = 16  # pixels: smaller images are reported rather than predicted from padding
-#: the most memory one image's row of blended tiles may take (``(classes + 1) x tile x width`` float32): 1 GiB takes
-#: a 170,000 px wide raster at tile 512 with 2 classes; wider ones are refused with the reason, not swapped to death
-MAX_ROW_BYTES = 2**30
 PREVIEW_SIDE = 1024  # longest side of --overlay pictures
 
 
@@ -101,15 +101,11 @@ class InferReport:
 # ---- reading (in DataLoader workers) ------------------------------------------------------------------------
 class TileStream(IterableDataset):
     """Yields, per job: ``("start", i, meta)``, ``("tile", i, window, image (C, h, w), invalid (h, w))`` ...,
-    then ``("end", i)``, or ``("error", i, reason)`` as soon as something is wrong with the file."""
+    then ``("end", i)``, or ``("error", i, reason)`` as soon as something is wrong with the file (``check`` says
+    what must hold before a pixel is read)."""
 
-    def __init__(self, jobs: Sequence[Job], reader: BandReader, fill: Sequence[float], tile: int, stride: int,
-                 min_side: int = MIN_SIDE, align: bool = False, num_classes: int = 2,
-                 record: Preprocessing | None = None, native: bool = False) -> None:
-        self.jobs, self.reader, self.tile, self.stride, self.min_side = list(jobs), reader, tile, stride, min_side
-        self.record, self.native = record, native  # how training saw images (geometry), unless native
-        self.num_classes = num_classes  # sizes the blender's row buffer (see _check)
-        self.align = align  # change pairs: warp the second image onto the first's grid instead of refusing
+    def __init__(self, jobs: Sequence[Job], check: JobCheck, fill: Sequence[float]) -> None:
+        self.jobs, self.check, self.reader = list(jobs), check, check.reader
         self.fill = np.asarray(fill, dtype=np.float32)
 
     def __iter__(self) -> Iterator[tuple]:
@@ -119,13 +115,10 @@ class TileStream(IterableDataset):
             yield from self._job(index)
 
     def _job(self, index: int) -> Iterator[tuple]:
-        job = self.jobs[index]
         try:
-            opened = [self.reader.info(path) for path in job.sources]
-            meta, infos = self._check(job, [info for info, _ in opened])
-            opened = [(info, idx) for info, (_, idx) in zip(infos, opened)]
+            meta, opened = self.check.open(self.jobs[index])
         except Exception as exc:  # noqa: BLE001 - DataError, or anything a reader library raises
-            yield ("error", index, str(exc))
+            yield ("error", index, str(exc) or type(exc).__name__)
             return
         yield ("start", index, meta)
         try:
@@ -153,64 +146,6 @@ class TileStream(IterableDataset):
         y, x, h, w = window
         image, invalid = whole
         return image[y : y + h, x : x + w].copy(), invalid[y : y + h, x : x + w].copy()
-
-    def _check(self, job: Job, infos: list[FileInfo]) -> tuple[dict[str, Any], list[FileInfo]]:
-        """The job's output metadata and the infos to read it with: a change pair must lie on one pixel grid
-        (size, CRS, geotransform), else it is refused with the numbers, or with ``align`` the second image is
-        read warped onto the first's grid."""
-        first, geo = infos[0], _georeference(infos[0])
-        grid = _grid(first, geo)
-        checked = [first]
-        for other in infos[1:]:
-            other_grid = _grid(other, _georeference(other))
-            problem = grid_mismatch(grid, other_grid, (first.height, first.width), (other.height, other.width))
-            if problem and self.align and grid is not None and other_grid is not None:
-                other = dataclasses.replace(other, warp_to=grid, height=first.height, width=first.width)
-            elif problem:
-                hint = (" (--align reprojects the second onto the first)" if grid and other_grid else
-                        " (--align needs both georeferenced)" if grid or other_grid else "")
-                raise DataError(f"the pair {job.name} does not lie on one pixel grid: {problem}: {first.path} vs "
-                                f"{other.path}{hint}")
-            checked.append(other)
-        if min(first.height, first.width) < self.min_side:
-            raise DataError(f"{first.path} is {first.width}×{first.height} px; images need at least "
-                            f"{self.min_side} px per side")
-        found = georeferenced_pixel_size(geo)
-        job_plan, note = plan(self.record, first.height, first.width, self.tile, self.stride, self.native, found)
-        # the blender holds one tile row of float32 scores and weights: memory grows with the width, not the height
-        row_bytes = 4 * (self.num_classes + 1) * min(job_plan.tile, first.height) * first.width
-        if row_bytes > MAX_ROW_BYTES:
-            raise DataError(f"{first.path} is {first.width:,} px wide: one row of {self.tile}-px tiles would hold "
-                            f"{row_bytes / 2**30:.1f} GiB of scores (the limit is {MAX_ROW_BYTES / 2**30:.0f} GiB); "
-                            f"use a smaller --tile (it scales with the tile) or split the raster into strips")
-        meta = {"height": first.height, "width": first.width, "geo": geo, "plan": job_plan,
-                "declares_nodata": self.reader.nodata is not None and (
-                    self.reader.nodata != "file" or any(v is not None for v in first.nodata)),
-                "notes": [note] if note else []}
-        if self.record is not None and job_plan.factor is None and job_plan.size is None:  # predicted at native size
-            size_note = pixel_size_note(self.record.pixel_size, found)
-            if size_note:
-                meta["notes"].append(size_note)
-        return meta, checked
-
-
-def _grid(info: FileInfo, geo: dict[str, Any] | None) -> Grid | None:
-    """The pixel grid of a georeferenced (by geotransform) input; None otherwise."""
-    if geo is None or "transform" not in geo:
-        return None
-    return Grid.of(geo["crs"], geo["transform"], info.height, info.width)
-
-
-def _georeference(info: FileInfo) -> dict[str, Any] | None:
-    if info.kind != "gdal":
-        return None
-    with open_raster(info.path, info.allow_vrt) as src:  # the drivers and options probe opened it with
-        if src.crs is None and src.transform.is_identity and not src.gcps[0]:
-            return None
-        geo: dict[str, Any] = {"crs": src.crs, "transform": src.transform}
-        if src.gcps[0]:
-            geo = {"gcps": src.gcps[0], "crs": src.gcps[1]}
-        return geo
 
 
 def class_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -327,13 +262,9 @@ class Predictor:
         from vadapt.adapters import can_merge, merge_adapter
 
         caps = task.capabilities
-        if caps.prompts == "required":
-            raise ValueError(f"{type(task).__name__} checkpoints need point / box prompts per image; vadapt infer "
-                             "runs segmentation and change-detection checkpoints (use the app or Python for prompts)")
-        if caps.output != "class_map" or not caps.tiles:
-            raise ValueError(f"the checkpoint holds a {type(task).__name__} ({caps.input} -> {caps.output}); vadapt "
-                             "infer runs checkpoints that map images to classes (segmentation, change detection); "
-                             "use vadapt predict-points for point clouds and vadapt generate for diffusion adapters")
+        refused = refusal(type(task).__name__, caps)
+        if refused:
+            raise ValueError(refused)
         self.merged, self.folded = False, 0
         if merge and task.adapter_config is not None and can_merge(task.adapter_config):
             merge_adapter(task.backbone, task.adapter_config)
@@ -379,8 +310,9 @@ class FolderRun:
     batches in flight), blends and writes each image, and books every file as done or failed."""
 
     def __init__(self, predictor: Predictor, todo: Sequence[Job], report: InferReport, bar: Any, batch_size: int,
-                 model_threads: int, open_job: Callable[[Job, dict[str, Any]], OpenJob]) -> None:
-        self.predictor, self.todo, self.report, self.bar = predictor, todo, report, bar
+                 model_threads: int, open_job: Callable[[Job, dict[str, Any]], OpenJob],
+                 alert: Callable[[str], None] = print) -> None:
+        self.predictor, self.todo, self.report, self.bar, self.alert = predictor, todo, report, bar, alert
         self.batch_size, self.model_threads, self.open_job = batch_size, model_threads, open_job
         self.open_jobs: dict[int, OpenJob] = {}
         self.pending: list[tuple] = []
@@ -418,7 +350,7 @@ class FolderRun:
             state.discard()
         self.pending[:] = [p for p in self.pending if p[1] != index]
         self.report.failed.append((self.todo[index].name, reason))
-        self.bar.write(f"failed: {self.todo[index].name}: {reason}")
+        self.alert(f"failed: {self.todo[index].name}: {reason}")
         self.bar.update()
 
     def finish(self, index: int) -> None:
@@ -521,6 +453,10 @@ def infer(
 ) -> InferReport:
     """Predict every image under ``input`` (folder, glob or file) into ``output``; see the module docstring.
 
+    Before loading the model the run reads the checkpoint's manifest and every input's header, fails the inputs
+    that cannot be predicted, and says its plan on standard error (unless ``progress=False``: then only failures
+    are said, one line each).
+
     Args:
         checkpoint: adapter checkpoint (``.safetensors``) or Lightning ``.ckpt`` of a vadapt task.
         output: the output folder; outputs mirror the inputs' paths relative to ``input``.
@@ -532,14 +468,40 @@ def infer(
             tile=256, overlap=32)``. An unknown name raises :class:`TypeError` with the closest valid one; a
             bad value :class:`ValueError` naming the setting.
     """
-    from tqdm.auto import tqdm
-
-    from vadapt.loading import load_task
-
     opts = InferOptions.build(options, **settings)
     output = Path(output)
     started = time.perf_counter()
+    console = Console(opts.progress)
     report = InferReport()
+    todo = _todo(output, input, input_a, input_b, opts, report)
+    facts = CheckpointFacts.read(checkpoint)
+    if facts is not None and facts.capabilities is not None:
+        refused = refusal(facts.task, facts.capabilities)
+        if refused:  # what loading the model would say, without the wait
+            raise ValueError(refused)
+    ready = _survey(todo, facts, opts, report, console)
+    if facts is not None:
+        _, _, report.preprocessing, report.notes = value_settings(facts.record, opts)
+    tta = TestTimeAugmentation(opts.tta, opts.tta_scales or (1.0,))
+    source = input if input is not None else f"{input_a} + {input_b}"
+    run_plan = RunPlan(source, output, ready, len(report.skipped), len(report.failed), len(report.ignored), facts,
+                       report.preprocessing, tta.passes, report_names(opts.num_shards, opts.shard_index), report.notes)
+    for line in run_plan.lines():
+        console.say(line)
+    for name, reason in report.failed:  # found before loading: discovery and headers
+        console.alert(f"failed: {name}: {reason}")
+    todo = [job for job, _ in ready]
+    if todo:
+        _predict(checkpoint, facts, todo, opts, report, console, tta, started)
+    report.seconds = time.perf_counter() - started
+    write_report(report, output, opts.num_shards, opts.shard_index)
+    return report
+
+
+def _todo(output: Path, input: str | None, input_a: str | None, input_b: str | None, opts: InferOptions,
+          report: InferReport) -> list[Job]:
+    """This shard's jobs whose outputs are not complete (unless ``overwrite``); the others, discovery failures and
+    ignored files go to ``report``. No image at all is a :class:`DataError`, before anything is loaded."""
     jobs, failures, report.ignored = find_jobs(output, input, input_a, input_b, opts.format, opts.probabilities,
                                                opts.overlay)
     nothing = not jobs  # no image at all, in any shard (a shard may be empty when files are few)
@@ -552,49 +514,62 @@ def infer(
             report.skipped.append(job.name)
         else:
             todo.append(job)
-    if nothing:  # before loading the model: nothing to read
+    if nothing:
         where = input if input is not None else f"{input_a} / {input_b}"
         notes = [f"{len(report.ignored)} files without an image suffix ignored"] if report.ignored else []
         if report.failed:
             write_report(report, output, opts.num_shards, opts.shard_index)
             notes.append(f"{len(report.failed)} failed, e.g. {report.failed[0][0]}: {report.failed[0][1]}")
         raise DataError(f"no input images to predict in {where}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return todo
 
-    task = load_task(checkpoint, opts.weights)
-    record = prepare_values(task, opts, report)
-    tta = TestTimeAugmentation(opts.tta, opts.tta_scales or (1.0,))
-    predictor = Predictor(task, opts.device, opts.merge, opts.precision, fold_norms=opts.merge, tta=tta)
-    tile, stride = opts.tile, opts.stride
+
+def _survey(todo: list[Job], facts: CheckpointFacts | None, opts: InferOptions, report: InferReport,
+            console: Console) -> list[tuple[Job, dict[str, Any] | None]]:
+    """``(job, metadata)`` of the jobs whose headers pass the checkpoint's checks; the others go to
+    ``report.failed``. Without the checkpoint's facts (a Lightning ``.ckpt``) every job, metadata ``None``: the
+    workers check them."""
+    if facts is None:
+        return [(job, None) for job in todo]
+    check = JobCheck.build(facts.bands, facts.num_classes, facts.record, opts)
+    with console.status(f"reading image headers 0/{len(todo)}", transient=True) as status:
+        ready, failed = survey(todo, check, lambda n: setattr(status, "text", f"reading image headers {n}/{len(todo)}"))
+    report.failed += failed
+    return ready
+
+
+def _predict(checkpoint: str | os.PathLike, facts: CheckpointFacts | None, todo: list[Job], opts: InferOptions,
+             report: InferReport, console: Console, tta: TestTimeAugmentation, started: float) -> None:
+    """Load the model, then stream ``todo`` through it (see the module docstring); the results go to ``report``."""
+    from vadapt.loading import load_task
+
+    with console.status(f"loading model {facts.model if facts is not None else Path(checkpoint).name}"):
+        task = load_task(checkpoint, opts.weights)
+        record = prepare_values(task, opts, report)
+        predictor = Predictor(task, opts.device, opts.merge, opts.precision, fold_norms=opts.merge, tta=tta)
     native = opts.geometry == "native" or record is None or record.resize is None
     largest = getattr(predictor.task, "img_size", None)  # SAM-family tasks take at most their encoder's size
-    if largest is not None and tile > largest and native:
-        raise ValueError(f"--tile {tile} is larger than this model's input size {largest}: use --tile {largest} "
+    if largest is not None and opts.tile > largest and native:
+        raise ValueError(f"--tile {opts.tile} is larger than this model's input size {largest}: use --tile {largest} "
                          "or smaller")
-    if opts.tta != "none" or opts.tta_scales:
-        report.preprocessing += f"; test-time augmentation: {tta.describe()}"
-    if opts.progress:
+    if facts is None:  # not said with the plan
         for note in report.notes:
-            print(f"note: {note}", file=sys.stderr)
+            console.say(f"note: {note}")
     report.load_seconds = time.perf_counter() - started
     device_type = predictor.device.type
     batch_size = opts.batch_size_on(device_type)
     model_threads = opts.model_threads_on(device_type, torch.get_num_threads())
     num_workers = opts.num_workers
-    # values are read as they are in the files (the task applies the value scale); nodata as training read it
-    nodata, rule = (None, "all") if opts.ignore_nodata else (record.nodata, record.nodata_rule) if record else (
-        "file", "all")
-    reader = BandReader(predictor.bands, opts.file_bands, nodata=nodata, nodata_rule=rule,
-                        max_pixels=opts.max_pixels, allow_vrt=opts.allow_vrt)
-    stream = TileStream(todo, reader, predictor.task.raw_fill_values(), tile, stride, align=opts.align,
-                        num_classes=predictor.num_classes, record=record, native=opts.geometry == "native")
+    check = JobCheck.build(predictor.bands, predictor.num_classes, record, opts)  # the model's own, as planned
+    stream = TileStream(todo, check, predictor.task.raw_fill_values())
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         worker_init_fn=_single_thread_worker if num_workers else None,
                         prefetch_factor=2 * batch_size if num_workers else None)
     shard = f" [{opts.shard_index + 1}/{opts.num_shards}]" if opts.num_shards > 1 else ""
-    bar = tqdm(total=len(todo), unit="file", disable=not opts.progress, dynamic_ncols=True,
-               desc=f"vadapt infer{shard}")
+    bar = console.progress(len(todo), f"vadapt infer{shard}")
     run = FolderRun(predictor, todo, report, bar, batch_size, model_threads,
-                    lambda job, meta: OpenJob(job, meta, opts.blend, predictor.num_classes, predictor.bands))
+                    lambda job, meta: OpenJob(job, meta, opts.blend, predictor.num_classes, predictor.bands),
+                    console.alert)
     intra_op = torch.get_num_threads()
     torch.set_num_threads(max(1, intra_op // model_threads))
     try:
@@ -602,23 +577,19 @@ def infer(
     finally:
         torch.set_num_threads(intra_op)
     bar.close()
-    report.seconds = time.perf_counter() - started
-    write_report(report, output, opts.num_shards, opts.shard_index)
-    return report
 
 
-def prepare_values(task: Any, opts: InferOptions, report: InferReport) -> Preprocessing | None:
-    """Make ``task`` take file values as they are: the checkpoint's value scale / offset, each replaced by its flag
-    when given. Returns the checkpoint's preprocessing record (``None`` for a checkpoint from before it, which is
-    noted in ``report``); ``report.preprocessing`` says what the run does."""
-    record = getattr(task, "preprocessing", None)
+def value_settings(record: Preprocessing | None, opts: InferOptions) -> tuple[float, float, str, list[str]]:
+    """How a run of ``opts`` reads file values, for a checkpoint whose preprocessing record is ``record``
+    (``None``: from before the record): ``(scale, offset, the report's preprocessing text, run-wide notes)``; each
+    of the checkpoint's settings is replaced by its flag when given."""
     scale = opts.scale if opts.scale is not None else record.scale if record else 1.0
     offset = opts.offset if opts.offset is not None else record.offset if record else 0.0
-    task.set_value_transform(scale, offset)
+    notes = []
     if record is None and opts.scale is None:
-        report.notes.append("the checkpoint does not record how training scaled its values (written by an older "
-                            "vadapt or outside a vadapt datamodule): values are fed as read; give --scale if "
-                            "training scaled them (e.g. 0.00392156862745098 for 8-bit photos read as 0..1)")
+        notes.append("the checkpoint does not record how training scaled its values (written by an older "
+                     "vadapt or outside a vadapt datamodule): values are fed as read; give --scale if "
+                     "training scaled them (e.g. 0.00392156862745098 for 8-bit photos read as 0..1)")
     geometry = "native scale" if opts.geometry == "native" or record is None or record.resize is None else \
         f"whole images resized to {record.resize[1]}x{record.resize[0]} px as in training"
     if opts.ignore_nodata:
@@ -627,18 +598,35 @@ def prepare_values(task: Any, opts: InferOptions, report: InferReport) -> Prepro
         nodata = "none (as in training)"
     else:
         nodata = f"{record.nodata} ({record.nodata_rule} bands)" if record else "file (all bands)"
-    report.preprocessing = (f"values x {scale:.6g}{f' + {offset:.6g}' if offset else ''}; {geometry}; input nodata: "
-                            f"{nodata}; masks write {MASK_NODATA} where the input has no data")
+    text = (f"values x {scale:.6g}{f' + {offset:.6g}' if offset else ''}; {geometry}; input nodata: {nodata}; "
+            f"masks write {MASK_NODATA} where the input has no data")
+    if opts.tta != "none" or opts.tta_scales:
+        text += f"; test-time augmentation: {TestTimeAugmentation(opts.tta, opts.tta_scales or (1.0,)).describe()}"
+    return scale, offset, text, notes
+
+
+def prepare_values(task: Any, opts: InferOptions, report: InferReport) -> Preprocessing | None:
+    """Make ``task`` take file values as they are: the checkpoint's value scale / offset, each replaced by its flag
+    when given. Returns the checkpoint's preprocessing record (``None`` for a checkpoint from before it, which is
+    noted in ``report``); ``report.preprocessing`` says what the run does."""
+    record = getattr(task, "preprocessing", None)
+    scale, offset, report.preprocessing, report.notes = value_settings(record, opts)
+    task.set_value_transform(scale, offset)
     return record
+
+
+def report_names(num_shards: int = 1, shard_index: int = 0) -> tuple[str, str]:
+    """The names of a run's ``failed.csv`` and ``report.json`` (tagged by shard when there are several)."""
+    tag = f".shard{shard_index}of{num_shards}" if num_shards > 1 else ""
+    return f"failed{tag}.csv", f"report{tag}.json"
 
 
 def write_report(report: InferReport, output: Path, num_shards: int = 1, shard_index: int = 0) -> None:
     """``failed.csv`` (input, reason; failures and warnings) and ``report.json`` in ``output``, atomically."""
     output.mkdir(parents=True, exist_ok=True)
-    tag = f".shard{shard_index}of{num_shards}" if num_shards > 1 else ""
     rows = [(name, "failed", reason) for name, reason in report.failed]
     rows += [(name, "warning", reason) for name, reason in report.warnings]
-    csv_path, json_path = output / f"failed{tag}.csv", output / f"report{tag}.json"
+    csv_path, json_path = (output / name for name in report_names(num_shards, shard_index))
     tmp = csv_path.with_name(f".{csv_path.name}.vadapt-partial")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
