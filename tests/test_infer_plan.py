@@ -131,7 +131,8 @@ def test_a_rerun_with_nothing_to_do_does_not_load_the_model(tmp_path, checkpoint
     monkeypatch.setattr("vadapt.loading.load_task", loading)
     report = infer(checkpoint, tmp_path / "out", input=str(root))
     assert loading.said is None and sorted(report.skipped) == sorted(SIZES) and report.ok
-    said = capsys.readouterr().err
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
     assert "0 to predict, 3 already done (skipped)" in said and "loading model" not in said
     assert "values x 1" in report.preprocessing  # still says how the values would be read
 
@@ -156,7 +157,8 @@ def test_a_lightning_checkpoint_is_planned_without_its_details_and_then_run(tmp_
     torch.save(saved, tmp_path / "last.ckpt")
     report = infer(tmp_path / "last.ckpt", tmp_path / "out", input=str(folder(tmp_path / "in", {"a.tif": (40, 40)})),
                    num_workers=0)
-    said = capsys.readouterr().err
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
     assert report.done == ["a.tif"]
     assert "1 to predict" in said and "known once the model is loaded" in said
     assert not re.search(r"tiles: \d+ in all", said)  # not counted from a guess

@@ -1,5 +1,6 @@
-"""What ``vadapt infer`` says, on one stream (standard error): the plan, notes, failures, a status line while the
-model loads and the progress over files; redrawn in place on a terminal, plain lines in a log."""
+"""What ``vadapt infer`` says: the plan, notes and progress (standard output), failures (standard error), a status
+line while the model loads; on a terminal the status line and the progress bar are redrawn in place (standard
+error), in a log every one is a plain line."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any
 
 
 class Console:
-    """Everything a run says, on one stream (standard error): lines (the plan, notes) unless quiet, failures always
-    (one line each), a status line while something slow runs and the progress over files.
+    """Everything a run says: lines (the plan, notes) on standard output unless quiet, failures on standard error
+    always (one line each, so a mistake stays one short message there), a status line while something slow runs
+    and the progress over files.
 
     On a terminal the status line and the progress bar are redrawn in place; anywhere else (a log file, a pipe)
     each is a plain line: no carriage return, no ANSI escape sequence (in a notebook, the progress is tqdm's widget).
@@ -25,19 +27,25 @@ class Console:
     SPINNER = "|/-\\"
     REDRAW_S = 0.1
 
-    def __init__(self, verbose: bool = True, stream: Any = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
+    def __init__(self, verbose: bool = True, stream: Any = None, out: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # failures, and the live status and bar
+        self.out = out if out is not None else (self.stream if stream is not None else sys.stdout)  # the rest
         self.verbose = verbose
         isatty = getattr(self.stream, "isatty", None)
         self.live = verbose and callable(isatty) and bool(isatty())
 
     def say(self, text: str) -> None:
-        """One line, unless quiet."""
-        if self.verbose:
+        """One line (the plan, notes, progress in a log) on standard output, unless quiet; above a live progress
+        bar when there is one."""
+        if not self.verbose:
+            return
+        if self.live:
             self.alert(text)
+        else:
+            print(text, file=self.out, flush=True)
 
     def alert(self, text: str) -> None:
-        """One line even when quiet (a failure); above a live progress bar when there is one."""
+        """One line on standard error even when quiet (a failure); above a live progress bar when there is one."""
         if self.live:
             from tqdm.auto import tqdm
 
@@ -52,8 +60,8 @@ class Console:
         The yielded :class:`Status` changes the text."""
         state = Status(text)
         if not self.live:
-            if self.verbose and not transient:
-                self.alert(f"{text} ...")
+            if not transient:
+                self.say(f"{text} ...")
             yield state
             return
         started, stop = time.perf_counter(), threading.Event()

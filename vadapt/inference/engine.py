@@ -15,8 +15,9 @@ output folder, and the run goes on.
 Before the model loads, the run says its plan (:mod:`vadapt.inference.preflight`): every input's header is checked
 against the checkpoint's manifest, so files that cannot be predicted are reported at once, and the user sees how
 many images and tiles there are and where the outputs go before waiting for the model. Everything a run says goes
-through one :class:`~vadapt.inference.console.Console` (standard error): a redrawn status line and progress bar
-on a terminal, plain lines without control characters in a log.
+through one :class:`~vadapt.inference.console.Console`: the plan and progress on standard output, failures on
+standard error; a redrawn status line and progress bar on a terminal, plain lines without control characters in a
+log.
 """
 
 from __future__ import annotations
