@@ -80,7 +80,7 @@ def main() -> None:
     for name, _ in table:
         text = said[name].strip().splitlines()
         first = next((line for line in text if line.strip()), "")[:90].replace("|", "\\|")
-        print(f"| {name} | {statistics.median(times[name]):.2f} | {statistics.median(times[name]) / torch_s:.1f} "
+        print(f"| {name} | {statistics.median(times[name]):.2f} | {statistics.median(times[name]) / torch_s:.2f} "
               f"| {len(text)} | `{first}` |")
 
 
