@@ -161,7 +161,7 @@ def make_quickstart(folder: Path, progress: Progress = print) -> Path:
     with tempfile.TemporaryDirectory(prefix="vadapt-demo-") as tmp:
         progress("training the quickstart adapter (vadapt fit --config configs/quickstart.yaml, ~1-3 min)")
         subprocess.run([sys.executable, "-m", "vadapt.cli", "fit", "--config", str(config),
-                        "--trainer.default_root_dir", tmp, "--trainer.logger.init_args.save_dir", tmp,
+                        "--trainer.default_root_dir", tmp,
                         "--trainer.enable_progress_bar", "false"], cwd=REPO, check=True)
         found = sorted(Path(tmp).rglob("adapter.safetensors"))
         if not found:

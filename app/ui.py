@@ -27,6 +27,7 @@ os.environ.setdefault("GRADIO_SSR_MODE", "False")
 
 import gradio as gr  # noqa: E402
 
+from . import demo_files  # noqa: E402
 from . import generate as generation  # noqa: E402
 from .limits import AppError  # noqa: E402
 from .points import UPLOAD_TYPES as POINT_UPLOAD_TYPES  # noqa: E402
@@ -381,11 +382,17 @@ def _points_tab(demo: Demo) -> None:
             with gr.Column(scale=1):
                 file = gr.File(label="point cloud or mesh (.ply, .obj, .off, .npy, .xyz)",
                                file_types=POINT_UPLOAD_TYPES, elem_id="points-file")
+                clouds = example_clouds(demo.examples)
+                if clouds:
+                    with gr.Row():
+                        which = gr.Dropdown(label="example cloud (vadapt make-shapes)", choices=list(clouds),
+                                            value=next(iter(clouds)), min_width=120, elem_id="points-which")
+                        example = gr.Button("use the example cloud", size="sm", elem_id="points-example")
                 ckpt = gr.Dropdown(label="point-cloud checkpoint (classification or part segmentation)",
                                    choices=demo.point_choices(), value=default, elem_id="points-ckpt")
                 about = gr.Markdown(demo.describe(default) if default else "", elem_id="points-about")
-                count = gr.Slider(256, 8192, value=1024, step=256, label="points fed to the model",
-                                  elem_id="points-count")
+                count = gr.Slider(256, 8192, value=1024, step=256, label="points fed to the model (the built-in "
+                                  "3D demo was trained on 1024: keep 512-2048 for it)", elem_id="points-count")
                 run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="points-run")
                 message = message_area("points-message", reason)
             with gr.Column(scale=2):
@@ -406,6 +413,8 @@ def _points_tab(demo: Demo) -> None:
 
     on(file.change, upload, [file, ckpt], [cloud, view, scores, text, download, run], message,
        {cloud: None, run: run_button("no cloud")})
+    if clouds:
+        example.click(lambda name: str(clouds[name]), which, file)
 
     def pick(label, path):
         waits = demo.not_ready("points", label, None if path else UPLOAD_FIRST["points"])
@@ -419,6 +428,12 @@ def _points_tab(demo: Demo) -> None:
                 str(result.download) if result.download else None, f"Done with {demo.checkpoints[label].path.name}.")
 
     on(run.click, go, [cloud, ckpt, count], [view, scores, text, download], message)
+
+
+def example_clouds(examples: dict[str, Path]) -> dict[str, Path]:
+    """The 3D tab's example clouds by class name (``demo_files.write_examples``' ``points_<class>`` entries)."""
+    prefix = demo_files.POINT_EXAMPLE_PREFIX
+    return {key.removeprefix(prefix): path for key, path in examples.items() if key.startswith(prefix)}
 
 
 def launch(demo: Demo, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

@@ -565,3 +565,20 @@ def test_missing_demo_checkpoints_are_built_into_the_cache_once(tmp_path, monkey
     assert demo_files.ensure_defaults(messages.append) == shipped
     assert built[-1] == sorted(demo_files.GENERATION) and "Generate tab" in messages[-1]
     assert demo_files.ensure_defaults() == shipped and len(built) == 2
+
+
+def test_the_3d_tab_offers_the_example_clouds(tmp_path):
+    """Every class of the built-in 3D demo has an example cloud, offered by name on the 3D tab (when examples
+    exist: the page of a demo without them has no example picker)."""
+    import gradio as gr
+
+    from vadapt.app import ui
+
+    examples = demo_files.write_examples(tmp_path)
+    clouds = ui.example_clouds(examples)
+    assert len(clouds) == demo_files.POINT_CLASSES and all(p.suffix == ".ply" and p.is_file() for p in clouds.values())
+    with_examples = ui.build(Demo([], Limits(), tmp_path, examples))
+    picker = next(b for b in with_examples.blocks.values() if getattr(b, "elem_id", None) == "points-which")
+    assert isinstance(picker, gr.Dropdown) and [c[0] for c in picker.choices] == list(clouds)
+    without = ui.build(Demo([], Limits(), tmp_path, {}))
+    assert not any(getattr(b, "elem_id", None) == "points-which" for b in without.blocks.values())

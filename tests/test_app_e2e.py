@@ -1,9 +1,9 @@
 """The demo in a real headless browser: Chromium driven by Playwright for Python, all six tabs.
 
 Starts ``python -m vadapt.app`` (the same as ``vadapt demo``: 127.0.0.1, the built-in checkpoints) with
-``--checkpoints`` a folder holding a tiny point-cloud classifier made here (the built-in demo has no 3D
-checkpoint yet; the built-ins stay beside it). In each tab (Segment, Prompt, Change, Batch, 3D, Generate) it
-uploads an input (or uses the example), runs, checks the result, then makes one action fail and checks that the
+``--checkpoints`` a folder holding a tiny point-cloud classifier made here (first in the list, so the 3D
+tab's default; the built-in 3D demo stays beside it). In each tab (Segment, Prompt, Change, Batch, 3D, Generate)
+it uploads an input (or uses the example), runs, checks the result, then makes one action fail and checks that the
 reason is in the tab's message area (in red), that the result is still shown and that no component shows an
 "Error" badge. It also checks that Run waits (disabled, with the reason) until something is uploaded, that
 small pictures are shown enlarged while the download keeps the real size, and that every request the page
