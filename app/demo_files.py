@@ -1,7 +1,7 @@
 """The built-in demo: small adapter checkpoints made by the project's own recipes, and example inputs.
 
 ``python -m vadapt.app.demo_files --output data/demo`` (re)builds the shipped checkpoints (~10 min on a
-2-core CPU; ``--only NAME ...`` for some); ``vadapt demo`` without ``--checkpoints`` uses ``data/demo`` when it holds
+2-core CPU; ``--only NAME ...`` for some); ``vadapt demo`` (unless ``--no-builtin``) uses ``data/demo`` when it holds
 them and otherwise builds the missing ones into ``~/.cache/vadapt/demo`` on first start, printing progress:
 
 * ``quickstart_cloud.safetensors``: exactly ``vadapt fit --config configs/quickstart.yaml`` (real ImageNet
