@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict_points(sub)
     _add_demo(sub)
     _add_make_shapes(sub)
+    _add_make_endoscopy(sub)
     _add_pretrain_points(sub)
     _add_pretrain_diffusion(sub)
     _add_generate(sub)
@@ -177,6 +178,26 @@ def _add_make_shapes(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
     shapes.add_argument("--no-parts", action="store_true", help="do not write the part labels (*_parts.npy)")
     shapes.add_argument("--format", choices=("npy", "ply"), default="npy", help="point file format (default npy)")
+
+
+def _add_make_endoscopy(sub: argparse._SubParsersAction) -> None:
+    endo = sub.add_parser(
+        "make-endoscopy", help="write synthetic endoscopy videos with true depth, poses and intrinsics, for offline "
+        "depth training",
+        description="Render SEQUENCES videos of a textured tube seen from a camera moving along it, the light at the "
+        "camera (inverse-square falloff, specular highlights), each with its own focal length and principal point, "
+        "as OUTPUT/seq_NNN/{images/*.png, depth/*.npy, intrinsics.txt, poses.txt} (the depth-video folder layout "
+        "vadapt.data.MonocularVideoDataModule reads). Depth and poses are in centimetres.",
+    )
+    endo.add_argument("--output", required=True, help="folder to write (created)")
+    endo.add_argument("--sequences", type=int, default=8, help="number of videos (default 8)")
+    endo.add_argument("--frames", type=int, default=40, help="frames per video (default 40)")
+    endo.add_argument("--size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"),
+                      help="frame size (default 128 160)")
+    endo.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files")
+    endo.add_argument("--no-shading", action="store_true",
+                      help="albedo only (no light): brightness constancy holds exactly")
+    endo.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -380,6 +401,8 @@ def run_command(args: argparse.Namespace) -> int:
         return run_predict_points(args)
     elif args.command == "make-shapes":
         return run_make_shapes(args)
+    elif args.command == "make-endoscopy":
+        return run_make_endoscopy(args)
     elif args.command == "pretrain-points":
         return run_pretrain_points(args)
     elif args.command == "pretrain-diffusion":
@@ -429,6 +452,17 @@ def run_make_shapes(args: argparse.Namespace) -> int:
     parts = f", {done['num_parts']} part labels" if done["num_parts"] else ""
     print(f"wrote {len(done['classes'])} classes x ({done['train']} train + {done['test']} test) clouds of "
           f"{done['points']} points{parts} to {done['output']}")
+    return 0
+
+
+def run_make_endoscopy(args: argparse.Namespace) -> int:
+    output_folder(args.output)
+    from vadapt.data.endoscopy import make_endoscopy
+
+    folders = make_endoscopy(args.output, sequences=args.sequences, frames=args.frames, size=tuple(args.size),
+                             seed=args.seed, shading=not args.no_shading, progress=not args.quiet)
+    print(f"wrote {len(folders)} sequences x {args.frames} frames of {args.size[0]}x{args.size[1]} with depth, "
+          f"poses and intrinsics to {args.output}")
     return 0
 
 

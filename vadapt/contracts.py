@@ -197,7 +197,7 @@ def _parent_and_attr(root: nn.Module, path: str) -> tuple[nn.Module, str]:
 # ---- what a task offers ------------------------------------------------------------------------------------
 
 TaskInput = Literal["image", "image_pair", "point_cloud", "text"]
-TaskOutput = Literal["class_map", "class_label", "point_labels", "generated", "none"]
+TaskOutput = Literal["class_map", "class_label", "point_labels", "generated", "depth_map", "none"]
 PromptUse = Literal["none", "optional", "required"]
 
 
@@ -211,7 +211,8 @@ class TaskCapabilities:
             tensors), a point cloud ``(B, N, 3)``, or a text prompt (generation).
         output: per-pixel class logits ``(B, K, H, W)`` (``class_map``; called as ``task.class_logits(*inputs)``),
             one label per input (``class_label``), one label per point (``point_labels``), new images or frames
-            (``generated``), or nothing a user runs (``none``: pretraining).
+            (``generated``), per-pixel depth ``(B, 1, H, W)`` up to scale (``depth_map``; called as
+            ``task.predict_depth(image)``), or nothing a user runs (``none``: pretraining).
         tiles: whether ``class_map`` predictions can be made tile by tile on images of any size.
         prompts: whether a prediction takes point / box prompts: never, optionally, or always.
     """

@@ -343,3 +343,64 @@ def _ticks(low: float, high: float, whole: bool = False, count: int = 5) -> list
         step = max(1.0, round(step))
     first = math.ceil(low / step) * step
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+# ---- depth ------------------------------------------------------------------------------------------------------
+
+#: anchors of the "turbo" colour map (Mikhailov, 2019), evenly spaced from 0 (far: dark blue) to 1 (near: dark red)
+_TURBO = np.array(
+    [[48, 18, 59], [70, 107, 227], [40, 187, 236], [50, 241, 152], [164, 252, 60], [238, 207, 58], [251, 128, 34],
+     [208, 47, 5], [122, 4, 3]], dtype=np.float64,
+)
+
+
+def colour_ramp(values: np.ndarray) -> np.ndarray:
+    """Values in ``[0, 1]`` (any shape) -> turbo colours ``(..., 3)`` uint8 (linear between the anchors)."""
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0, 1) * (len(_TURBO) - 1)
+    low = np.minimum(v.astype(int), len(_TURBO) - 2)
+    frac = (v - low)[..., None]
+    return np.round(_TURBO[low] * (1 - frac) + _TURBO[low + 1] * frac).astype(np.uint8)
+
+
+def depth_range(depth: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, float]:
+    """The depth range a picture spans: 2nd and 98th percentiles of the valid (> 0, finite) pixels."""
+    depth = np.asarray(depth, dtype=np.float64)
+    ok = np.isfinite(depth) & (depth > 0) & (True if valid is None else valid)
+    if not ok.any():
+        return 0.0, 1.0
+    low, high = np.percentile(depth[ok], [2, 98])
+    return float(low), float(max(high, low * 1.0001 + 1e-12))
+
+
+def depth_colours(depth: np.ndarray, depth_min: float | None = None, depth_max: float | None = None) -> np.ndarray:
+    """Depth ``(H, W)`` -> ``(H, W, 3)`` uint8: near red, far blue (linear in inverse depth, as disparity pictures
+    are drawn), over ``[depth_min, depth_max]`` (default :func:`depth_range`); pixels without depth (0, NaN) black."""
+    depth = np.asarray(depth, dtype=np.float64)
+    if depth_min is None or depth_max is None:
+        depth_min, depth_max = depth_range(depth)
+    near, far = 1.0 / max(depth_min, 1e-12), 1.0 / max(depth_max, 1e-12)
+    valid = np.isfinite(depth) & (depth > 0)
+    inverse = np.where(valid, 1.0 / np.where(valid, depth, 1.0), far)
+    colours = colour_ramp((inverse - far) / max(near - far, 1e-12))
+    colours[~valid] = 0
+    return colours
+
+
+def depth_colour_bar(depth_min: float, depth_max: float, width: int = 320, unit: str = ""):
+    """A horizontal colour bar (PIL image) for :func:`depth_colours`: near on the right, with the end values."""
+    from PIL import Image, ImageDraw
+
+    font = text_font()
+    bar_height, text = 16, _text_height(font) + 6
+    near, far = 1.0 / depth_min, 1.0 / depth_max
+    inverse = far + (near - far) * np.linspace(0, 1, width)
+    bar = np.repeat(colour_ramp((inverse - far) / max(near - far, 1e-12))[None], bar_height, axis=0)
+    canvas = np.full((bar_height + text + 4, width, 3), 255, dtype=np.uint8)
+    canvas[:bar_height] = bar
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    suffix = f" {unit}" if unit else ""
+    left, right = f"far {depth_max:.3g}{suffix}", f"near {depth_min:.3g}{suffix}"
+    draw.text((2, bar_height + 3), left, fill=TEXT_COLOUR, font=font)
+    draw.text((width - draw.textlength(right, font=font) - 2, bar_height + 3), right, fill=TEXT_COLOUR, font=font)
+    return picture

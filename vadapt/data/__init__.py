@@ -8,6 +8,8 @@
 * ``SceneDataModule`` -- random crops of ``.npz`` scenes with held-out rows, ``vadapt.data.scene``;
 * ``ChangeDetectionDataModule`` -- bi-temporal pairs ``A/``, ``B/``, ``label/`` (LEVIR-CD / WHU-CD / SYSU-CD),
   ``vadapt.data.change``;
+* ``MonocularVideoDataModule`` -- monocular video (frame folders, videos; SCARED, Hamlyn, C3VD, SimCol layouts)
+  for self-supervised depth, ``vadapt.data.depth_video``;
 * ``compute_band_stats`` / ``print_band_stats`` -- per-band mean / std for ``vadapt stats``,
   ``vadapt.data.stats``.
 """
@@ -23,6 +25,7 @@ _EXPORTS = {
     "RasterSegmentationDataModule": "raster",
     "SceneDataModule": "scene",
     "SegmentationDataModule": "base",
+    "MonocularVideoDataModule": "depth_video",
     "DataError": "io",
     "find_data_error": "io",
     "BandStats": "stats",
