@@ -28,8 +28,6 @@ Deviations from the official code, on purpose:
   measured in BENCHMARKS.md rather than assumed.
 * One intrinsics estimate per sample (the mean over the source pairs) instead of the last pair's.
 * AdamW with linear warm-up and poly decay (vadapt's shared optimiser) instead of Adam with a step schedule.
-* DV-LoRA's two phases (factors ``A, B`` before ``warm_up_steps``, vectors ``U, V`` after) are applied by dropping
-  the other group's gradients, so every DV-LoRA parameter stays in the optimiser and in checkpoints.
 
 Validation and test batches with truth log the median-scaled errors (:mod:`~vadapt.tasks.depth_metrics`) and,
 where the datamodule knows ``K``, the relative focal-length error of the learnt intrinsics (``focal_error``).
@@ -278,16 +276,20 @@ class SelfSupervisedDepthTask(BaseTask):
         return tile_panel(tiles, titles=["frame", "predicted depth", "truth"], min_row_height=200)
 
     # ---- DV-LoRA's two phases ------------------------------------------------------------------------------
-    def on_after_backward(self) -> None:
-        """DV-LoRA's schedule (``warm_up_steps`` of the adapter config): drop the gradients of the group that does
-        not train in this phase (factors after the warm-up, vectors during it)."""
-        steps = getattr(self.adapter_config, "warm_up_steps", None)
-        if steps is None or not getattr(self.adapter_config, "vectors", False):
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """DV-LoRA's schedule (``warm_up_steps`` of the adapter config): factors ``A, B`` train first, vectors
+        ``U, V`` after; at the switch the optimiser gets the parameters that now train (same schedule)."""
+        from vadapt.adapters.dv_lora import DVLoraConfig, dv_lora_vector_phase, set_dv_lora_phase
+
+        if not isinstance(self.adapter_config, DVLoraConfig) or not self.adapter_config.vectors:
             return
-        idle = ("lora_A", "lora_B") if self.global_step >= steps else ("lora_U", "lora_V")
-        for name, p in self.backbone.named_parameters():
-            if p.grad is not None and any(f".{key}" in name or name.startswith(key) for key in idle):
-                p.grad = None
+        vectors = dv_lora_vector_phase(self.adapter_config, self.global_step)
+        if vectors == getattr(self, "_vector_phase", False):
+            return
+        set_dv_lora_phase(self.backbone, vectors)
+        self._vector_phase = vectors
+        for optimizer in self.trainer.optimizers:
+            optimizer.param_groups[0]["params"] = [p for p in self.parameters() if p.requires_grad]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["frames"][:, 0] if "frames" in batch else batch["image"])

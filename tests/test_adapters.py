@@ -24,6 +24,7 @@ from vadapt.adapters import (
     AdapterConfig,
     BottleneckConfig,
     CloudAdapterConfig,
+    DVLoraConfig,
     EarthAdapterConfig,
     I2VAdapterConfig,
     IDPTConfig,
@@ -67,6 +68,8 @@ NOT_MERGEABLE_I2V = "not mergeable: an extra attention branch to frame 0's keys 
 NOT_MERGEABLE_MV = "not mergeable: extra attention branches (and a condition encoder)"
 NOT_MERGEABLE_RES = ("not mergeable (no merge registered): the ResCLoRA branch keeps a run-time strength and the "
                      "ResENorm norms are swapped in and out (disable_resadapter)")
+NOT_MERGEABLE_DV_LORA = ("not mergeable: the convolutional necks are extra computation (merge_dv_lora folds the "
+                         "DV-LoRA part only)")
 
 
 def build_prior_bank(backbone: nn.Module) -> None:
@@ -153,6 +156,10 @@ CASES: dict[str, Case] = {
         r=8, lora_r=4, target_modules=["attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2"])),
     "qv_dora-sam": Case("sam_test", QVDoraConfig),
     "qv_dora-sam2": Case("sam2_test", QVDoraConfig, dict(r=2)),
+    # EndoDAC: DV-LoRA + Convolutional Necks (tiny backbones: necks inside their block count)
+    "dv_lora-dinov2": Case("dinov2_test", DVLoraConfig, dict(r=2, neck_blocks=[1, 3]), {MERGE: NOT_MERGEABLE_DV_LORA}),
+    "dv_lora-effnet": Case("efficientnet_lite0_test", DVLoraConfig, dict(r=2, neck_blocks=[2, 7]),
+                           {MERGE: NOT_MERGEABLE_DV_LORA}),
     # point-cloud prompts and adapters
     "idpt-point_mae": Case("point_mae_test", IDPTConfig, dict(k=8), {
         IDENTITY: "IDPT inserts a DGCNN prompt token (no zero init in the paper or the official code): the "

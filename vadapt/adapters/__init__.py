@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .base import ADAPTERS, AdapterConfig, AdapterMethod, as_adapter_config, enable_adapter_configs, find_targets
 from .bottleneck import BottleneckConfig  # each method's package registers itself in ADAPTERS
 from .cloud_adapter import CloudAdapterConfig
+from .dv_lora import DVLoraConfig
 from .earth_adapter import EarthAdapterConfig
 from .i2v_adapter import I2VAdapterConfig
 from .idpt import IDPTConfig
@@ -63,6 +64,6 @@ def merge_adapter(backbone: Backbone, config: AdapterConfig | None) -> Backbone:
 __all__ = [
     "ADAPTERS", "AdapterConfig", "AdapterMethod", "BottleneckConfig", "CloudAdapterConfig", "EarthAdapterConfig",
     "I2VAdapterConfig", "IDPTConfig", "LoraConfig", "MVAdapterConfig", "PointPEFTConfig", "QVDoraConfig",
-    "ResAdapterConfig", "SaltConfig", "VPTConfig",
+    "ResAdapterConfig", "SaltConfig", "VPTConfig", "DVLoraConfig",
     "apply_adapter", "as_adapter_config", "can_merge", "enable_adapter_configs", "find_targets", "merge_adapter",
 ]
