@@ -6,7 +6,7 @@ backbones subclass :class:`Backbone`; the point-cloud family (``point_mae``) has
 Composites that wrap a backbone in an adapter package (Any2Point) register from :mod:`vadapt.composites`.
 """
 
-from . import clip, diffusion, efficientnet, point_mae, sam, sam2, vit  # noqa: F401  (each registers its entries)
+from . import clip, depth_anything, diffusion, efficientnet, point_mae, sam, sam2, vit  # noqa: F401  (each registers its entries)
 from .base import BACKBONES, Backbone, BackboneEntry, create_backbone, register_backbone
 
 __all__ = ["BACKBONES", "Backbone", "BackboneEntry", "create_backbone", "register_backbone"]
