@@ -169,6 +169,17 @@ class SelfSupervisedDepthTask(BaseTask):
         """What ``vadapt infer`` and the app call: :meth:`forward` (depth ``(B, 1, H, W)``, up to scale)."""
         return self(image)
 
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter file keeps what predicts depth; the pose net (12.5 M parameters with ResNet-18) trains but
+        predicts nothing, so it is left out (Lightning checkpoints keep it: :meth:`on_save_checkpoint`)."""
+        return {k: v for k, v in super().adapter_state_dict().items() if not k.startswith("pose_net.")}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning checkpoints resume training: they keep the pose net too."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["state_dict"].update({f"pose_net.{k}": v.detach().cpu()
+                                         for k, v in self.pose_net.state_dict().items()})
+
     def parameter_counts(self) -> dict[str, int | float]:
         """:func:`~vadapt.params.count_parameters` plus the depth network alone (what EndoDAC's tables count: the
         pose net trains but is not part of the model that predicts): ``pose_net`` and ``depth_trainable_percent``."""
