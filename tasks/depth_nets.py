@@ -135,17 +135,29 @@ class PoseNet(nn.Module):
         x = r.maxpool(r.relu(r.bn1(r.conv1((x - 0.45) / 0.225))))
         return r.layer4(r.layer3(r.layer2(r.layer1(x))))
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, w = target.shape[-2:]
+    def features(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The pose decoder's intermediate feature ``(B, 256, h, w)`` of a frame pair (both ``(B, 3, H, W)``)."""
         feat = F.relu(self.squeeze(self.encode(torch.cat([source, target], 1))))
-        intermediate = self.pose_conv2(F.relu(self.pose_conv1(feat)))
+        return self.pose_conv2(F.relu(self.pose_conv1(feat)))
+
+    def pose(self, intermediate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Axis-angle and translation ``(B, 3)`` each (target -> source), scaled by 0.001 as the official decoder."""
         out = self.pose_out(F.relu(intermediate)).mean((2, 3)) * 0.001
+        return out[:, :3], out[:, 3:]
+
+    def intrinsics(self, intermediate: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """EndoDAC's ``IntrinsicsHead``: pooled feature -> ``K`` ``(B, 3, 3)`` in pixels of ``(height, width)``."""
         pooled = intermediate.mean((2, 3), keepdim=True)
-        size = torch.tensor([w, h], dtype=out.dtype, device=out.device)
+        size = torch.tensor([width, height], dtype=pooled.dtype, device=pooled.device)
         focal = (F.softplus(self.focal(pooled).flatten(1)) + 0.5) * size
         centre = (self.offset(pooled).flatten(1) + 0.5) * size
-        K = torch.zeros(out.shape[0], 3, 3, dtype=out.dtype, device=out.device)
+        K = torch.zeros(pooled.shape[0], 3, 3, dtype=pooled.dtype, device=pooled.device)
         K[:, 0, 0], K[:, 1, 1] = focal[:, 0], focal[:, 1]
         K[:, 0, 2], K[:, 1, 2] = centre[:, 0], centre[:, 1]
         K[:, 2, 2] = 1.0
-        return out[:, :3], out[:, 3:], K
+        return K
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        intermediate = self.features(source, target)
+        axis_angle, translation = self.pose(intermediate)
+        return axis_angle, translation, self.intrinsics(intermediate, *target.shape[-2:])

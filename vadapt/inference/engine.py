@@ -18,6 +18,9 @@ many images and tiles there are and where the outputs go before waiting for the 
 through one :class:`~vadapt.inference.console.Console`: the plan and progress on standard output, failures on
 standard error; a redrawn status line and progress bar on a terminal, plain lines without control characters in a
 log.
+
+Depth checkpoints (capabilities ``image -> depth_map``, read from the manifest) are run by
+:mod:`vadapt.inference.depth` on whole images, with the same discovery, header checks, resume and reports.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class InferReport:
     #: what the run did to the values and geometry (the checkpoint's record, flags applied)
     preprocessing: str = ""
     tiles: int = 0
+    #: what the outputs' values mean, merged into report.json (class maps: the mask's nodata value)
+    outputs: dict[str, Any] = field(default_factory=lambda: {"mask_nodata": MASK_NODATA})
     seconds: float = 0.0  # the whole run
     load_seconds: float = 0.0  # of which loading the model
 
@@ -266,6 +271,9 @@ class Predictor:
         refused = refusal(type(task).__name__, caps)
         if refused:
             raise ValueError(refused)
+        if caps.output != "class_map":  # depth: vadapt.inference.depth, chosen from the manifest before loading
+            raise ValueError(f"{type(task).__name__} predicts a {caps.output}, not class maps: vadapt infer runs it "
+                             "from its adapter .safetensors checkpoint (whose manifest says what it predicts)")
         self.merged, self.folded = False, 0
         if merge and task.adapter_config is not None and can_merge(task.adapter_config):
             merge_adapter(task.backbone, task.adapter_config)
@@ -474,12 +482,16 @@ def infer(
     started = time.perf_counter()
     console = Console(opts.progress)
     report = InferReport()
-    todo = _todo(output, input, input_a, input_b, opts, report)
     facts = CheckpointFacts.read(checkpoint)
     if facts is not None and facts.capabilities is not None:
         refused = refusal(facts.task, facts.capabilities)
         if refused:  # what loading the model would say, without the wait
             raise ValueError(refused)
+        if facts.capabilities.output == "depth_map":
+            from .depth import infer_depth
+
+            return infer_depth(checkpoint, facts, output, input, input_a, input_b, opts, report, console, started)
+    todo = _todo(output, input, input_a, input_b, opts, report)
     ready = _survey(todo, facts, opts, report, console)
     if facts is not None:
         _, _, report.preprocessing, report.notes = value_settings(facts.record, opts)
@@ -500,11 +512,15 @@ def infer(
 
 
 def _todo(output: Path, input: str | None, input_a: str | None, input_b: str | None, opts: InferOptions,
-          report: InferReport) -> list[Job]:
+          report: InferReport, extra_outputs: dict[str, str] | None = None) -> list[Job]:
     """This shard's jobs whose outputs are not complete (unless ``overwrite``); the others, discovery failures and
-    ignored files go to ``report``. No image at all is a :class:`DataError`, before anything is loaded."""
+    ignored files go to ``report``. No image at all is a :class:`DataError`, before anything is loaded.
+    ``extra_outputs`` adds outputs to every job: key -> what follows the output's stem (``"_depth_preview.png"``)."""
     jobs, failures, report.ignored = find_jobs(output, input, input_a, input_b, opts.format, opts.probabilities,
                                                opts.overlay)
+    for job in jobs:
+        for key, tail in (extra_outputs or {}).items():
+            job.extras[key] = job.mask.with_name(job.mask.stem + tail)
     nothing = not jobs  # no image at all, in any shard (a shard may be empty when files are few)
     jobs, failures = jobs[opts.shard_index :: opts.num_shards], failures[opts.shard_index :: opts.num_shards]
     report.failed += failures
@@ -526,13 +542,13 @@ def _todo(output: Path, input: str | None, input_a: str | None, input_b: str | N
 
 
 def _survey(todo: list[Job], facts: CheckpointFacts | None, opts: InferOptions, report: InferReport,
-            console: Console) -> list[tuple[Job, dict[str, Any] | None]]:
-    """``(job, metadata)`` of the jobs whose headers pass the checkpoint's checks; the others go to
-    ``report.failed``. Without the checkpoint's facts (a Lightning ``.ckpt``) every job, metadata ``None``: the
-    workers check them."""
+            console: Console, check: JobCheck | None = None) -> list[tuple[Job, dict[str, Any] | None]]:
+    """``(job, metadata)`` of the jobs whose headers pass the checkpoint's checks (``check``: default the class-map
+    run's); the others go to ``report.failed``. Without the checkpoint's facts (a Lightning ``.ckpt``) every job,
+    metadata ``None``: the workers check them."""
     if facts is None:
         return [(job, None) for job in todo]
-    check = JobCheck.build(facts.bands, facts.num_classes, facts.record, opts)
+    check = check or JobCheck.build(facts.bands, facts.num_classes, facts.record, opts)
     with console.status(f"reading image headers 0/{len(todo)}", transient=True) as status:
         ready, failed = survey(todo, check, lambda n: setattr(status, "text", f"reading image headers {n}/{len(todo)}"))
     report.failed += failed
@@ -580,10 +596,13 @@ def _predict(checkpoint: str | os.PathLike, facts: CheckpointFacts | None, todo:
     bar.close()
 
 
-def value_settings(record: Preprocessing | None, opts: InferOptions) -> tuple[float, float, str, list[str]]:
+def value_settings(record: Preprocessing | None, opts: InferOptions,
+                   nodata_out: str = f"masks write {MASK_NODATA} where the input has no data"
+                   ) -> tuple[float, float, str, list[str]]:
     """How a run of ``opts`` reads file values, for a checkpoint whose preprocessing record is ``record``
     (``None``: from before the record): ``(scale, offset, the report's preprocessing text, run-wide notes)``; each
-    of the checkpoint's settings is replaced by its flag when given."""
+    of the checkpoint's settings is replaced by its flag when given. ``nodata_out`` says what the outputs hold
+    where the input has no data."""
     scale = opts.scale if opts.scale is not None else record.scale if record else 1.0
     offset = opts.offset if opts.offset is not None else record.offset if record else 0.0
     notes = []
@@ -600,7 +619,7 @@ def value_settings(record: Preprocessing | None, opts: InferOptions) -> tuple[fl
     else:
         nodata = f"{record.nodata} ({record.nodata_rule} bands)" if record else "file (all bands)"
     text = (f"values x {scale:.6g}{f' + {offset:.6g}' if offset else ''}; {geometry}; input nodata: {nodata}; "
-            f"masks write {MASK_NODATA} where the input has no data")
+            f"{nodata_out}")
     if opts.tta != "none" or opts.tta_scales:
         text += f"; test-time augmentation: {TestTimeAugmentation(opts.tta, opts.tta_scales or (1.0,)).describe()}"
     return scale, offset, text, notes
@@ -637,7 +656,7 @@ def write_report(report: InferReport, output: Path, num_shards: int = 1, shard_i
     summary = {
         "done": report.done, "skipped": report.skipped, "ignored": report.ignored, "tiles": report.tiles,
         "seconds": round(report.seconds, 3), "load_seconds": round(report.load_seconds, 3),
-        "preprocessing": report.preprocessing, "mask_nodata": MASK_NODATA, "notes": report.notes,
+        "preprocessing": report.preprocessing, **report.outputs, "notes": report.notes,
         "failed": [{"input": n, "reason": r} for n, r in report.failed],
         "warnings": [{"input": n, "reason": r} for n, r in report.warnings],
     }

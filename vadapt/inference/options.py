@@ -68,7 +68,8 @@ class InferOptions:
             files whose nodata flag is wrong, e.g. white paper in scanned maps declared nodata 255); default:
             nodata is read as training read it.
         tta: test-time augmentation, averaged in probability space: none, flip (3 passes: x3 the model time)
-            or d4 (8 rotations / flips: x8).
+            or d4 (8 rotations / flips: x8); depth checkpoints take none or flip (horizontal only: 2 passes,
+            depth averaged).
         tta_scales: also predict at these scales (e.g. 0.75 1 1.25), each pass resampled back: multiplies the
             model time by their number (and their area).
         blend: overlap blending: ramp (seamless) or mean (plain average, as mmsegmentation's slide mode).
@@ -80,6 +81,8 @@ class InferOptions:
             machine: only for inputs you trust; raw-file VRT bands stay disabled).
         align: change detection: reproject each "after" image onto its "before" image's pixel grid (bilinear)
             when their CRS, pixel size or origin differ, instead of refusing the pair.
+        depth_scale: depth checkpoints: multiply the predicted depth by this factor (self-supervised depth is
+            known only up to scale; give it when you know your camera's, e.g. from median scaling against truth).
         progress: show a progress bar.
     """
 
@@ -108,6 +111,7 @@ class InferOptions:
     max_pixels: int = 2**34  # vadapt.data.safe_open.DEFAULT_MAX_PIXELS (not imported: no numpy here)
     allow_vrt: bool = False
     align: bool = False
+    depth_scale: float = 1.0
     # settings that are on by default: the command line has a flag that turns them off
     merge: bool = field(default=True, metadata={"flag": "--no-merge"})
     progress: bool = field(default=True, metadata={"flag": "--quiet"})
@@ -125,7 +129,7 @@ class InferOptions:
                 _bad("tta_scales", self.tta_scales, "must be a non-empty sequence of numbers above 0")
         if isinstance(self.weights, os.PathLike):
             object.__setattr__(self, "weights", os.fspath(self.weights))
-        for name in ("scale", "offset"):
+        for name in ("scale", "offset", "depth_scale"):
             if type(getattr(self, name)) is int:
                 object.__setattr__(self, name, float(getattr(self, name)))
         for f in fields(self):
@@ -161,6 +165,8 @@ class InferOptions:
             _bad("scale", self.scale, "must be a finite number above 0")
         if self.offset is not None and not math.isfinite(self.offset):
             _bad("offset", self.offset, "must be a finite number")
+        if not (math.isfinite(self.depth_scale) and self.depth_scale > 0):
+            _bad("depth_scale", self.depth_scale, "must be a finite number above 0")
 
     # ---- what None means ----------------------------------------------------------------------------------
     @property

@@ -108,10 +108,12 @@ def refusal(task: str, capabilities: TaskCapabilities) -> str | None:
     if capabilities.prompts == "required":
         return (f"{task} checkpoints need point / box prompts per image; vadapt infer runs segmentation and "
                 "change-detection checkpoints (use the app or Python for prompts)")
+    if capabilities.output == "depth_map" and capabilities.input == "image":
+        return None  # whole images, not tiles: vadapt.inference.depth
     if capabilities.output != "class_map" or not capabilities.tiles:
         return (f"the checkpoint holds a {task} ({capabilities.input} -> {capabilities.output}); vadapt infer runs "
-                "checkpoints that map images to classes (segmentation, change detection); use vadapt predict-points "
-                "for point clouds and vadapt generate for diffusion adapters")
+                "checkpoints that map images to classes (segmentation, change detection) or to depth; use vadapt "
+                "predict-points for point clouds and vadapt generate for diffusion adapters")
     return None
 
 
@@ -253,6 +255,8 @@ class RunPlan:
         passes: model passes per tile (test-time augmentation).
         reports: the names of the run's report files.
         notes: run-wide notes (an old checkpoint without its preprocessing record ...).
+        depth: for a depth checkpoint, how its images are predicted and what the depth means (said instead of the
+            tiles); empty for class maps.
     """
 
     source: str
@@ -266,6 +270,7 @@ class RunPlan:
     passes: int
     reports: Sequence[str]
     notes: Sequence[str] = ()
+    depth: str = ""
 
     def lines(self) -> list[str]:
         """The plan: a headline, then indented lines (sizes, model, reading, tiles, outputs, notes)."""
@@ -282,11 +287,14 @@ class RunPlan:
         if metas:
             lines.append(f"  sizes: {_sizes(metas)} px (width x height)")
         if self.facts is not None:
-            lines.append(f"  model: {self.facts.model}, {self.facts.num_classes} classes from "
-                         f"{len(self.facts.bands)} bands: {' '.join(self.facts.bands)}")
+            what = "depth" if self.depth else f"{self.facts.num_classes} classes"
+            lines.append(f"  model: {self.facts.model}, {what} from {len(self.facts.bands)} bands: "
+                         f"{' '.join(self.facts.bands)}")
         if self.reading:
             lines.append(f"  reading: {self.reading}")
-        if metas:
+        if self.depth:
+            lines.append(f"  depth: {self.depth}")
+        elif metas:
             lines.append(f"  tiles: {self._tiles(metas)}")
         lines.append(f"  outputs: {self._outputs()}")
         lines += [f"  note: {note}" for note in self.notes]
@@ -305,8 +313,9 @@ class RunPlan:
 
     def _outputs(self) -> str:
         jobs = [job for job, _ in self.ready]
-        kinds = [f"masks ({', '.join(sorted({job.mask.suffix for job in jobs}))})"] if jobs else []
-        for key, label in (("probabilities", "probabilities"), ("overlay", "overlays")):
+        main = "depth maps" if self.depth else "masks"
+        kinds = [f"{main} ({', '.join(sorted({job.mask.suffix for job in jobs}))})"] if jobs else []
+        for key, label in (("probabilities", "probabilities"), ("overlay", "overlays"), ("preview", "previews")):
             suffixes = sorted({job.extras[key].name.removeprefix(job.mask.stem) for job in jobs if key in job.extras})
             if suffixes:
                 kinds.append(f"{label} (*{', *'.join(suffixes)})")
