@@ -23,8 +23,8 @@ no symmetry of monocular depth (the ground is below), so ``d4`` is refused, as a
 ``probabilities``, ``overlay`` and change pairs (one line each, before anything is read). ``tile``, ``overlap``,
 ``blend`` and ``model_threads`` do not apply and are noted when set.
 
-Deviation from the brief this module was written to: the image is resized to the training size with Pillow's Lanczos
-filter (per band, in float32), because that is what training did (:mod:`vadapt.data.depth_video`, as the official
+Resizing: the image is resized to the training size with Pillow's Lanczos filter (per band, in float32), because that
+is what training did (:mod:`vadapt.data.depth_video`, as the official
 Monodepth2 / EndoDAC loaders); unlike training on 8-bit frames the resized values are neither rounded nor clipped to
 0..255 (differences of Lanczos ringing only). The depth comes back with bilinear interpolation.
 """

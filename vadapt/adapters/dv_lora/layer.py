@@ -48,8 +48,8 @@ Deviations from the official code:
 
 * ``U`` and ``V`` are stored as vectors ``(r,)`` / ``(d_out,)`` (official ``(r, 1)`` / ``(d_out, 1)``): the same
   numbers, a plainer shape.
-* Plain LoRA (``vectors=False``) trains ``A`` and ``B`` for the whole run, as the brief and the paper's ablation
-  describe. The official ``mark_only_part_as_trainable`` would freeze a plain LoRA's ``A``, ``B`` after
+* Plain LoRA (``vectors=False``) trains ``A`` and ``B`` for the whole run, as the paper's ablation
+  describes. The official ``mark_only_part_as_trainable`` would freeze a plain LoRA's ``A``, ``B`` after
   ``warm_up_step`` too (it keeps only names with ``lora_U`` / ``lora_V`` trainable), leaving only necks and heads.
 * The neck is placed after the wrapped block (the official code runs it inside the block after the MLP residual:
   the same point of the computation) and handles any number of prefix tokens (official: 0 or 1 class token). Its
