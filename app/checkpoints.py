@@ -10,7 +10,7 @@ from typing import Any
 
 from .limits import AppError
 
-KINDS = ("segment", "prompt", "change", "points", "generate")
+KINDS = ("segment", "prompt", "change", "points", "generate", "depth")
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ class CheckpointInfo:
 def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
     """Which tabs a checkpoint belongs to, from what its task declares it can do
     (:class:`~vadapt.contracts.TaskCapabilities`): image pairs -> ``change``; point clouds with a label per cloud or
-    per point -> ``points`` (the 3D tab); generation -> ``generate``; images with prompts -> ``prompt``, and
-    per-pixel classes without (required) prompts on tiles -> ``segment``. Empty: nothing the app runs."""
+    per point -> ``points`` (the 3D tab); generation -> ``generate``; images to depth maps -> ``depth``; images with
+    prompts -> ``prompt``, and per-pixel classes without (required) prompts on tiles -> ``segment``. Empty: nothing
+    the app runs."""
     from vadapt.loading import capabilities_of
 
     caps = capabilities_of(manifest)
@@ -53,6 +54,8 @@ def kinds_of(manifest: dict[str, Any]) -> frozenset[str]:
         return frozenset({"points"} if caps.output in ("class_label", "point_labels") else set())
     if caps.input == "image_pair" and caps.output == "class_map":
         return frozenset({"change"})
+    if caps.input == "image" and caps.output == "depth_map":
+        return frozenset({"depth"})
     kinds = set()
     if caps.input == "image" and caps.prompts != "none":
         kinds.add("prompt")
@@ -76,6 +79,8 @@ def describe(path: Path, root: Path, manifest: dict[str, Any]) -> CheckpointInfo
     num_classes = int(manifest["init_args"].get("num_classes") or (len(names) if names else 2))
     if "prompt" in kinds:
         names, num_classes = ("background", "object"), 2
+    elif "depth" in kinds:  # one value per pixel, no classes
+        names, num_classes = (), 0
     elif not names:
         names = tuple(f"class {i}" for i in range(num_classes))
     label = f"{shown} | {task} | {backbone} | {trainable:,} trainable"
@@ -129,7 +134,8 @@ class ModelCache:
     """Loaded models by checkpoint, least recently used dropped first; thread-safe (Gradio runs events in
     threads). ``task`` is the model as loaded (promptable SAM keeps its embedding cache in it); ``predictor`` is
     a :class:`vadapt.inference.engine.Predictor` (LoRA merged, batch norms folded) for segmentation and change
-    detection."""
+    detection; ``depth`` is ``vadapt infer``'s :class:`vadapt.inference.depth.DepthModel` (merged and folded the
+    same way)."""
 
     def __init__(self, maxsize: int = 3) -> None:
         self.maxsize = maxsize
@@ -164,3 +170,8 @@ class ModelCache:
         from vadapt.inference.engine import Predictor
 
         return self._get((info.path, "predictor"), lambda: Predictor(self._load(info), "cpu"))
+
+    def depth(self, info: CheckpointInfo) -> Any:
+        from .depth import depth_model
+
+        return self._get((info.path, "depth"), lambda: depth_model(self._load(info)))

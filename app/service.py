@@ -23,6 +23,7 @@ import numpy as np
 from vadapt.data.registration import Grid, grid_mismatch
 from vadapt.preprocessing import georeferenced_pixel_size
 
+from . import depth as depth_tab
 from . import export, images, points, predict, prompts, render
 from .checkpoints import CheckpointInfo, ModelCache
 from .images import LoadedImage
@@ -38,6 +39,7 @@ UPLOAD_FIRST = {
     "change": "Upload both images, before and after (or use the example pair), then Run.",
     "batch": "Upload one or more images, then Run.",
     "points": "Upload a point cloud or mesh, then Run.",
+    "depth": "Upload an image (or use the example), then Run.",
 }
 #: how to get a checkpoint for a tab that has none (``vadapt demo --no-builtin`` or an incomplete install)
 NO_CHECKPOINT = {
@@ -54,6 +56,9 @@ NO_CHECKPOINT = {
     "generate": "No diffusion adapter checkpoint here. Train one, e.g. `vadapt fit --config "
                 "configs/resadapter_shapes_demo.yaml`, then start `vadapt demo --checkpoints "
                 "runs/resadapter_shapes_demo`.",
+    "depth": "No depth checkpoint here. Train one, e.g. `vadapt fit --config "
+             "configs/endodac_depthanything_scared.yaml` (it writes runs/endodac_scared/…/adapter.safetensors), then "
+             "start `vadapt demo --checkpoints runs/endodac_scared`.",
 }
 
 
@@ -169,8 +174,13 @@ class Demo:
     # ---- checkpoints -------------------------------------------------------------------------------------
     def choices(self, kind: str) -> list[str]:
         """Labels of the checkpoints for a tab (a kind of :data:`~.checkpoints.KINDS`: ``segment``, ``prompt``,
-        ``change``, ``points``, ``generate``)."""
+        ``change``, ``points``, ``generate``, ``depth``)."""
         return [label for label, c in self.checkpoints.items() if kind in c.kinds]
+
+    def batch_choices(self) -> list[str]:
+        """The Batch tab's list: every checkpoint but the depth ones (the Depth tab's; folders of images: `vadapt
+        infer`)."""
+        return [label for label, c in self.checkpoints.items() if "depth" not in c.kinds]
 
     def is_builtin(self, info: CheckpointInfo) -> bool:
         """Whether a checkpoint is one of the built-in demo checkpoints."""
@@ -214,7 +224,10 @@ class Demo:
         lines = [f"**{info.task}** on **{info.backbone}**, {info.trainable:,} trainable parameters"]
         if info.bands:  # point clouds have none
             lines.append(f"bands: {', '.join(info.bands)}")
-        lines.append(f"classes: {', '.join(info.class_names)}")
+        if "depth" in info.kinds:
+            lines.append(f"predicts: {depth_tab.RELATIVE}")
+        else:
+            lines.append(f"classes: {', '.join(info.class_names)}")
         if self.is_builtin(info):
             lines.append("_built-in demo checkpoint_")
         return "  \n".join(lines)
@@ -344,6 +357,25 @@ class Demo:
         overlay = render.change_overlay(images.composite(after), mask, opacity)
         summary = f"changed: {percent:.2f} % of the valid pixels ({int((mask == 1).sum()):,} px)"
         return ChangeResult(overlay, percent, path, summary, seconds)
+
+    # ---- Depth -------------------------------------------------------------------------------------------
+    def depth(self, image_id: str, label: str | None, geotiff: bool = True) -> depth_tab.DepthResult:
+        """Run a depth checkpoint on an uploaded image as ``vadapt infer`` does (whole image at the training size,
+        depth back at the image's size): the coloured depth above its colour bar, a 16-bit PNG and a float32
+        ``.npy`` (a GeoTIFF for georeferenced inputs when ``geotiff``) to download."""
+        info = self.checkpoint(label, "depth")
+        image = self.image(image_id)
+        model = self.models.depth(info)
+        x = images.model_input(image, list(info.bands))
+        start = time.perf_counter()
+        values = depth_tab.predict_depth(model, x, image.invalid)
+        seconds = time.perf_counter() - start
+        valid = depth_tab.valid_depth(values, image.invalid)
+        png, floats, clipped = depth_tab.save_depth(values, valid, self.workdir / uuid.uuid4().hex, image.name,
+                                                image.georef, geotiff)
+        picture = depth_tab.depth_picture(values, valid, model.range)
+        return depth_tab.DepthResult(np.where(valid, values, 0.0).astype(np.float32), picture, png, floats,
+                                     depth_tab.summary(image.name, values, valid, clipped), seconds)
 
     # ---- Batch -------------------------------------------------------------------------------------------
     def batch_not_ready(self, label: str | None, paths: list[str] | None) -> str | None:

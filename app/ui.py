@@ -1,4 +1,4 @@
-"""The Gradio page (the only module that imports ``gradio`` at import time): six tabs wired to
+"""The Gradio page (the only module that imports ``gradio`` at import time): seven tabs wired to
 :class:`~.service.Demo` (the Generate tab's layout is :func:`.generate.build_tab`, called from here).
 
 Every tab has one message area, under its Run button, and every action reports there through :func:`on`: what
@@ -136,6 +136,7 @@ def build(demo: Demo) -> gr.Blocks:
         _segment_tab(demo)
         _prompt_tab(demo)
         _change_tab(demo)
+        _depth_tab(demo)
         _batch_tab(demo)
         _points_tab(demo)
         generation.build_tab(demo)
@@ -329,6 +330,67 @@ def _change_tab(demo: Demo) -> None:
     on(run.click, go, [before_id, after_id, ckpt, opacity], [view, text, download], message)
 
 
+def _depth_tab(demo: Demo) -> None:
+    """Depth checkpoints (``image -> depth_map``): one image in, its relative depth coloured above a colour bar, the
+    depth as a 16-bit PNG and as float32 (``.npy``, GeoTIFF for georeferenced inputs). A built-in depth demo is a
+    checkpoint file named ``depth*.safetensors`` (the default pick) in the built-in folder; ``depth`` in
+    ``demo.examples`` (else ``rgb``) is the example image."""
+    default = demo.default("depth", "depth")
+    reason = demo.not_ready("depth", default, UPLOAD_FIRST["depth"])
+    example_path = demo.examples.get("depth") or demo.examples.get("rgb")
+    with gr.Tab("Depth", id="depth"):
+        image_id = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                file = gr.File(label="image (PNG, JPEG, TIFF, GeoTIFF, .npy/.npz)", file_types=UPLOAD_TYPES,
+                               elem_id="depth-file")
+                example = (gr.Button("use the example image", size="sm", elem_id="depth-example")
+                           if example_path is not None else None)
+                ckpt = gr.Dropdown(label="depth checkpoint", choices=demo.choices("depth"), value=default,
+                                   elem_id="depth-ckpt")
+                about = gr.Markdown(demo.describe(default) if default else "", elem_id="depth-about")
+                geotiff = gr.Checkbox(value=True, label="float download as GeoTIFF when the input is georeferenced "
+                                                        "(else .npy)")
+                gr.Markdown("Self-supervised depth is relative: right up to one unknown scale. The image is "
+                            "predicted whole at the checkpoint's training size, as `vadapt infer` does.")
+                run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="depth-run")
+                message = message_area("depth-message", reason)
+            with gr.Column(scale=2):
+                view = result_image("depth (near red .. far blue) above its colour bar", "depth-view")
+                summary = gr.Markdown(elem_id="depth-summary")
+                with gr.Row():
+                    png = gr.File(label="16-bit PNG (depth x 256, 0 = no depth)", interactive=False,
+                                  elem_id="depth-png")
+                    floats = gr.File(label="float32 depth (.npy / GeoTIFF)", interactive=False,
+                                     elem_id="depth-float")
+
+    def upload(path, label):
+        waits = demo.not_ready("depth", label, None if path else UPLOAD_FIRST["depth"])
+        if not path:  # the upload was removed: the result stays, Run waits for another
+            return [None, *keep(4), run_button(waits), waits]
+        new_id, image = demo.upload(path)
+        return [new_id, enlarge(demo.preview(new_id)), "", None, None, run_button(waits),
+                _either(waits, _image_line(image))]
+
+    on(file.change, upload, [file, ckpt], [image_id, view, summary, png, floats, run], message,
+       {image_id: None, run: run_button("no image")})
+    if example is not None:
+        example.click(lambda: str(example_path), None, file)
+
+    def pick(label, current):
+        waits = demo.not_ready("depth", label, None if current else UPLOAD_FIRST["depth"])
+        return demo.describe(label), run_button(waits), waits or ""
+
+    on(ckpt.change, pick, [ckpt, image_id], [about, run], message)
+
+    def go(current, label, as_geotiff):
+        result = demo.depth(current, label, as_geotiff)
+        done = f"Done in {result.seconds:.1f} s with {demo.checkpoints[label].path.name}."
+        return result.picture, result.summary, str(result.png_path), str(result.float_path), done
+
+    on(run.click, go, [image_id, ckpt, geotiff], [view, summary, png, floats], message)
+
+
 def _batch_table(rows: list[tuple[str, str]]) -> str:
     cells = "\n".join(f"| {html.escape(name).replace('|', '&#124;')} | {summary} |" for name, summary in rows)
     return f"| file | mask |\n|---|---|\n{cells}"
@@ -344,7 +406,7 @@ def _batch_tab(demo: Demo) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(label="images", file_count="multiple", file_types=UPLOAD_TYPES, elem_id="batch-files")
-                ckpt = gr.Dropdown(label="checkpoint", choices=list(demo.checkpoints), value=default,
+                ckpt = gr.Dropdown(label="checkpoint", choices=demo.batch_choices(), value=default,
                                    elem_id="batch-ckpt")
                 geotiff = gr.Checkbox(value=True, label="GeoTIFF masks for georeferenced inputs")
                 run = gr.Button("Run", variant="primary", interactive=reason is None, elem_id="batch-run")

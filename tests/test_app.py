@@ -331,7 +331,8 @@ def test_page_builds_offline_without_share_buttons(demo):
     assert len(pictures) >= 8  # (gradio's own default offers "share", which says "Must be on Spaces to share")
     assert all("share" not in (b.buttons or []) for b in pictures), [b.elem_id for b in pictures]
     messages = [b.elem_id for b in page.blocks.values() if ui.MESSAGE in (getattr(b, "elem_classes", None) or [])]
-    assert sorted(messages) == sorted(f"{tab}-message" for tab in ("seg", "prompt", "change", "batch", "points", "gen"))
+    tabs = ("seg", "prompt", "change", "depth", "batch", "points", "gen")
+    assert sorted(messages) == sorted(f"{tab}-message" for tab in tabs)
 
 
 def test_failure_messages_are_one_line():
@@ -582,3 +583,165 @@ def test_the_3d_tab_offers_the_example_clouds(tmp_path):
     assert isinstance(picker, gr.Dropdown) and [c[0] for c in picker.choices] == list(clouds)
     without = ui.build(Demo([], Limits(), tmp_path, {}))
     assert not any(getattr(b, "elem_id", None) == "points-which" for b in without.blocks.values())
+
+
+# ---- depth ---------------------------------------------------------------------------------------------------
+DEPTH_TRAINED = (42, 56)  # (height, width) of the depth checkpoint's training frames
+
+
+@pytest.fixture(scope="module")
+def depth_dir(tmp_path_factory) -> Path:
+    """A tiny depth checkpoint (depth_anything_v2_test, random disparity heads so depth varies, trained on 8-bit
+    frames resized to DEPTH_TRAINED), its frozen backbone weights in a file, as tests/test_infer_depth.py makes it."""
+    from vadapt.backbones import create_backbone
+    from vadapt.preprocessing import Preprocessing
+    from vadapt.tasks import SelfSupervisedDepthTask
+
+    folder = tmp_path_factory.mktemp("depth")
+    torch.manual_seed(0)
+    weights = folder / "backbone.pth"
+    torch.save(create_backbone("depth_anything_v2_test").model.state_dict(), weights)
+    task = SelfSupervisedDepthTask(backbone="depth_anything_v2_test", weights=str(weights))
+    with torch.no_grad():
+        for p in task.heads.parameters():
+            p.normal_(0, 0.3)
+    task.preprocessing = Preprocessing(scale=1 / 255, nodata=None, resize=DEPTH_TRAINED, source_size=(60, 80))
+    save_adapter(task, folder / "depth.safetensors")
+    return folder
+
+
+@pytest.fixture()
+def depth_demo(ckpt_dir, depth_dir, tmp_path) -> Demo:
+    found, _ = find_checkpoints([ckpt_dir, depth_dir])
+    return Demo(found, Limits(), tmp_path / "work")
+
+
+def depth_photo(h: int, w: int, seed: int) -> np.ndarray:
+    """``(h, w, 3)`` uint8 with smooth structure and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    base = np.stack([np.sin(xx / 9 + seed), np.cos(yy / 7), np.sin((xx + yy) / 11)], -1)
+    return ((base + 0.3 * rng.standard_normal((h, w, 3)) + 1.3) * 90).clip(0, 255).astype(np.uint8)
+
+
+def test_depth_checkpoints_are_offered_in_the_depth_tab_only(depth_demo):
+    from vadapt.app import ui
+
+    depth = label_of(depth_demo, "depth.safetensors")
+    assert depth_demo.checkpoints[depth].kinds == {"depth"}
+    assert depth_demo.choices("depth") == [depth] and depth_demo.default("depth", "depth") == depth
+    for kind in ("segment", "prompt", "change", "points", "generate"):
+        assert depth not in depth_demo.choices(kind), kind
+    assert depth not in depth_demo.batch_choices() and len(depth_demo.batch_choices()) == 3
+    assert "relative depth: up to an unknown scale" in depth_demo.describe(depth)
+    assert "classes" not in depth_demo.describe(depth)
+    page = ui.build(depth_demo)
+    offered = {elem: [c[0] for c in block(page, elem).choices] for elem in ("seg-ckpt", "batch-ckpt", "depth-ckpt")}
+    assert depth not in offered["seg-ckpt"] and depth not in offered["batch-ckpt"]
+    assert offered["depth-ckpt"] == [depth] and block(page, "depth-ckpt").value == depth
+    assert block(page, "depth-run").interactive is False  # nothing uploaded yet
+    with pytest.raises(AppError, match="this tab needs another kind"):
+        depth_demo.checkpoint(depth, "segment")
+    with pytest.raises(AppError, match="this tab needs another kind"):
+        depth_demo.checkpoint(label_of(depth_demo, "seg.safetensors"), "depth")
+
+
+def test_run_waits_for_a_depth_checkpoint_and_names_a_config(demo):
+    from vadapt.app import ui
+    from vadapt.app.service import NO_CHECKPOINT
+
+    page = ui.build(demo)  # segmentation, change and SAM checkpoints only
+    assert block(page, "depth-run").interactive is False
+    assert block(page, "depth-message").value == NO_CHECKPOINT["depth"]
+    assert "configs/endodac_depthanything_scared.yaml" in NO_CHECKPOINT["depth"]
+
+
+def test_depth_is_what_vadapt_infer_writes_with_downloads_and_a_colour_bar(depth_demo, depth_dir, tmp_path):
+    from vadapt.inference import infer
+    from vadapt.inference.depth import DepthModel, resize_whole
+    from vadapt.inference.options import InferOptions
+    from vadapt.loading import load_task
+
+    image = depth_photo(60, 90, 0)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    label = label_of(depth_demo, "depth.safetensors")
+    image_id, _ = depth_demo.upload(str(tmp_path / "in.png"))
+    result = depth_demo.depth(image_id, label)
+    assert result.depth.shape == (60, 90) and result.depth.dtype == np.float32
+    assert result.depth.std() > 0.02  # the random heads make depth vary: a constant would prove nothing
+    # DepthModel's depth, resized to the training size and back as vadapt infer does, written out here
+    model = DepthModel(load_task(depth_dir / "depth.safetensors"), InferOptions())
+    x = torch.from_numpy(resize_whole(image.astype(np.float32), DEPTH_TRAINED).transpose(2, 0, 1).copy())[None]
+    depth = model(x)
+    assert depth.shape == (1, 1, *DEPTH_TRAINED)
+    expected = torch.nn.functional.interpolate(depth, size=(60, 90), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(result.depth, expected.numpy(), rtol=1e-5, atol=1e-6)
+    # the downloads: vadapt infer's 16-bit PNG, bit for bit, and the float depth
+    report = infer(depth_dir / "depth.safetensors", tmp_path / "out", input=str(tmp_path / "in.png"), progress=False)
+    assert report.done == ["in.png"]
+    decoded = Image.open(result.png_path)
+    assert result.png_path.name == "in_depth.png" and decoded.text["depth_scale"] == "1/256"
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(Image.open(tmp_path / "out" / "in.png")))
+    assert result.float_path.suffix == ".npy"
+    np.testing.assert_array_equal(np.load(result.float_path), result.depth)
+    # the picture: the coloured depth (shown 3x: 90 px wide) above its colour bar; near red, far blue
+    picture = result.picture
+    assert picture.dtype == np.uint8 and picture.shape[0] > 3 * 60 and picture.shape[1] >= 3 * 90
+    near, far = np.unravel_index(result.depth.argmin(), (60, 90)), np.unravel_index(result.depth.argmax(), (60, 90))
+    r, _, b = picture[3 * near[0], 3 * near[1]].astype(int)
+    assert r > b
+    r, _, b = picture[3 * far[0], 3 * far[1]].astype(int)
+    assert b > r
+    bar = picture[3 * 60 :]
+    assert (bar.std(axis=(0, 2)) > 0).mean() > 0.5  # a colour ramp with labels, not blank
+    assert "relative depth: up to an unknown scale" in result.summary and "60" in result.summary
+
+
+def test_depth_of_a_geotiff_keeps_its_georeference_and_no_data(depth_demo, tmp_path):
+    array = depth_photo(40, 48, 1).transpose(2, 0, 1).astype(np.float32)
+    array[:, :4, :5] = -1
+    path = write_geotiff(tmp_path / "scene.tif", array, RGB, nodata=-1)
+    label = label_of(depth_demo, "depth.safetensors")
+    image_id, _ = depth_demo.upload(str(path))
+    result = depth_demo.depth(image_id, label)
+    with rasterio.open(result.float_path) as src:
+        assert src.crs.to_epsg() == 32633 and src.transform == from_origin(300000, 5000000, 10, 10)
+        assert src.dtypes[0] == "float32" and src.nodata == 0
+        np.testing.assert_array_equal(src.read(1), result.depth)
+    assert (result.depth[:4, :5] == 0).all() and (result.depth[4:] > 0).all()
+    assert (np.asarray(Image.open(result.png_path))[:4, :5] == 0).all()
+    assert (result.picture[: 4 * 6, : 5 * 6] == 0).all()  # no depth: black (48 px wide: shown 6x)
+    assert "20 px without data" in result.summary
+    assert depth_demo.depth(image_id, label, geotiff=False).float_path.suffix == ".npy"
+    Image.fromarray(depth_photo(12, 40, 2)).save(tmp_path / "thin.png")
+    with pytest.raises(AppError, match="40x12 pixels; the models need at least 16x16"):
+        depth_demo.depth(depth_demo.upload(str(tmp_path / "thin.png"))[0], label)
+
+
+def test_a_corrupt_depth_upload_says_why_and_keeps_the_last_depth(depth_demo, tmp_path):
+    from vadapt.app import ui
+
+    page = ui.build(depth_demo)
+    upload, upload_out = handler(page, "depth-file", "change")
+    run, run_out = handler(page, "depth-run", "click")
+    assert upload_out[-1] == run_out[-1] == "depth-message"
+    depth, seg = label_of(depth_demo, "depth.safetensors"), label_of(depth_demo, "seg.safetensors")
+    Image.fromarray(depth_photo(30, 40, 3)).save(tmp_path / "frame.png")
+    values = dict(zip(upload_out, upload(str(tmp_path / "frame.png"), depth)))
+    assert values["depth-run"]["interactive"] is True and "frame.png: 40x30 px" in values["depth-message"]["value"]
+    image_id = values["state0"]
+    done = dict(zip(run_out, run(image_id, depth, True)))
+    assert done["depth-view"].shape[0] > 30 * 7 and done["depth-view"].shape[1] >= 40 * 7  # 40 px: shown 7x
+    assert done["depth-png"].endswith("frame_depth.png") and done["depth-float"].endswith("frame_depth.npy")
+    assert "Done in" in done["depth-message"]["value"] and ui.ERROR not in done["depth-message"]["elem_classes"]
+    # a corrupt upload: the depth and downloads stay; the upload is forgotten and Run waits
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    failed = dict(zip(upload_out, upload(str(tmp_path / "broken.png"), depth)))
+    assert failed["depth-view"] == failed["depth-summary"] == failed["depth-png"] == failed["depth-float"] == NO_CHANGE
+    assert failed["state0"] is None and failed["depth-run"] == {"__type__": "update", "interactive": False}
+    assert "cannot read broken.png" in failed["depth-message"]["value"]
+    assert failed["depth-message"]["elem_classes"] == [ui.MESSAGE, ui.ERROR]
+    # a run with another tab's checkpoint: nothing but the message changes
+    failed = run(image_id, seg, True)
+    assert failed[:-1] == [NO_CHANGE] * (len(run_out) - 1)
+    assert "this tab needs another kind of checkpoint" in failed[-1]["value"]

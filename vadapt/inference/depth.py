@@ -137,6 +137,11 @@ def resize_whole(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack(bands, -1)
 
 
+def resample_back(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Depth ``(1, h, w)`` at the model's size -> ``(H, W)`` at the image's ``size`` (bilinear)."""
+    return F.interpolate(depth[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
 class ImageStream(IterableDataset):
     """Yields, per job, ``("image", i, meta, image (C, h, w) at the model's size, invalid (H, W))`` or
     ``("error", i, reason)`` (``check`` says what must hold before a pixel is read; ``size``: the model's input size,
@@ -357,8 +362,7 @@ class DepthRun:
             return
         self.report.tiles += len(items)
         for (_, index, meta, _, invalid), depth in zip(items, depths):
-            full = F.interpolate(depth[None], size=(meta["height"], meta["width"]), mode="bilinear",
-                                 align_corners=False)[0, 0] * self.opts.depth_scale
+            full = resample_back(depth, (meta["height"], meta["width"])) * self.opts.depth_scale
             scale = self.opts.depth_scale
             try:
                 warnings = write_outputs(self.todo[index], meta, full.numpy(), ~invalid.numpy(),
