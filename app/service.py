@@ -56,9 +56,9 @@ NO_CHECKPOINT = {
     "generate": "No diffusion adapter checkpoint here. Train one, e.g. `vadapt fit --config "
                 "configs/resadapter_shapes_demo.yaml`, then start `vadapt demo --checkpoints "
                 "runs/resadapter_shapes_demo`.",
-    "depth": "No depth checkpoint here. Train one, e.g. `vadapt fit --config "
-             "configs/endodac_depthanything_scared.yaml` (it writes runs/endodac_scared/…/adapter.safetensors), then "
-             "start `vadapt demo --checkpoints runs/endodac_scared`.",
+    "depth": "No depth checkpoint here. Train one offline with `vadapt fit --config "
+             "configs/endodac_quickstart.yaml` (it writes runs/endodac_quickstart/…/adapter.safetensors), then "
+             "start `vadapt demo --checkpoints runs/endodac_quickstart`.",
 }
 
 

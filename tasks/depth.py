@@ -249,10 +249,9 @@ class SelfSupervisedDepthTask(BaseTask):
             focal, true_focal = out["K"][:, [0, 1], [0, 1]], known[:, [0, 1], [0, 1]]
             self._focal[stage].extend(((focal - true_focal).abs() / true_focal).mean(1).tolist())
         if stage == "val" and len(self._preview) < self.hparams["preview_images"]:
-            take = self.hparams["preview_images"] - len(self._preview)
-            for img, pred, gt in zip(batch["frames"][:take, 0], depth[:take], truth[:take]):
-                self._preview.append((img.float().cpu().numpy(), pred[0].float().cpu().numpy(),
-                                      gt[0].float().cpu().numpy()))
+            # one frame per batch: neighbouring frames of a video look alike, the picture should show several
+            self._preview.append((batch["frames"][0, 0].float().cpu().numpy(), depth[0, 0].float().cpu().numpy(),
+                                  truth[0, 0].float().cpu().numpy()))
         return loss
 
     def _log_scores(self, stage: str) -> None:

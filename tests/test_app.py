@@ -653,7 +653,7 @@ def test_run_waits_for_a_depth_checkpoint_and_names_a_config(demo):
     page = ui.build(demo)  # segmentation, change and SAM checkpoints only
     assert block(page, "depth-run").interactive is False
     assert block(page, "depth-message").value == NO_CHECKPOINT["depth"]
-    assert "configs/endodac_depthanything_scared.yaml" in NO_CHECKPOINT["depth"]
+    assert "configs/endodac_quickstart.yaml" in NO_CHECKPOINT["depth"]
 
 
 def test_depth_is_what_vadapt_infer_writes_with_downloads_and_a_colour_bar(depth_demo, depth_dir, tmp_path):
