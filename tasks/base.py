@@ -363,6 +363,11 @@ class BaseTask(L.LightningModule):
             if k in trainable or not k.startswith(pretrained)
         }
 
+    def training_state_dict(self) -> dict[str, torch.Tensor]:
+        """What Lightning checkpoints keep to resume training: :meth:`adapter_state_dict`, unless a task trains
+        parts that do not predict (the depth task's pose net)."""
+        return self.adapter_state_dict()
+
     def plain_hparams(self) -> dict[str, Any]:
         """Init args as JSON-safe values (without LightningCLI's private ``_class_path``-style keys)."""
         return to_plain({k: v for k, v in self.hparams.items() if not k.startswith("_")})
@@ -372,7 +377,7 @@ class BaseTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         task = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["state_dict"] = self.adapter_state_dict()
+        checkpoint["state_dict"] = self.training_state_dict()
         # JSON-safe (loadable with weights_only=True); `_class_path` is what LightningCLI's --ckpt_path reads
         checkpoint["hyper_parameters"] = {**self.plain_hparams(), "_class_path": task}
         checkpoint["vadapt_task"] = task

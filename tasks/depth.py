@@ -171,14 +171,13 @@ class SelfSupervisedDepthTask(BaseTask):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter file keeps what predicts depth; the pose net (12.5 M parameters with ResNet-18) trains but
-        predicts nothing, so it is left out (Lightning checkpoints keep it: :meth:`on_save_checkpoint`)."""
+        predicts nothing, so it is left out (Lightning checkpoints keep it: :meth:`training_state_dict`)."""
         return {k: v for k, v in super().adapter_state_dict().items() if not k.startswith("pose_net.")}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def training_state_dict(self) -> dict[str, torch.Tensor]:
         """Lightning checkpoints resume training: they keep the pose net too."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["state_dict"].update({f"pose_net.{k}": v.detach().cpu()
-                                         for k, v in self.pose_net.state_dict().items()})
+        return {**self.adapter_state_dict(),
+                **{f"pose_net.{k}": v.detach().cpu() for k, v in self.pose_net.state_dict().items()}}
 
     def parameter_counts(self) -> dict[str, int | float]:
         """:func:`~vadapt.params.count_parameters` plus the depth network alone (what EndoDAC's tables count: the

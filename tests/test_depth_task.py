@@ -155,11 +155,20 @@ def test_adapter_checkpoint_round_trip_predicts_the_same_depth(tmp_path):
         torch.testing.assert_close(loaded.predict_depth(image * 255), task(image))  # raw file values in
 
 
-def test_lightning_checkpoint_keeps_the_pose_net():
+def test_lightning_checkpoint_keeps_the_pose_net_and_loads(tmp_path):
+    import lightning as L
+
+    from vadapt.loading import load_task
+
+    torch.manual_seed(0)
     task = SelfSupervisedDepthTask(backbone="depth_anything_v2_test")
-    checkpoint: dict = {}
-    task.on_save_checkpoint(checkpoint)
-    assert any(k.startswith("pose_net.encoder.conv1") for k in checkpoint["state_dict"])
+    with torch.no_grad():
+        task.pose_net.focal.weight.add_(1.0)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    loaded = load_task(tmp_path / "last.ckpt")
+    assert torch.equal(loaded.pose_net.focal.weight, task.pose_net.focal.weight)
 
 
 @pytest.fixture(scope="module")

@@ -114,10 +114,12 @@ def load_adapter_into(task: BaseTask, path: str | os.PathLike, manifest: dict[st
 
 
 def load_checked(
-    task: BaseTask, state: dict[str, torch.Tensor], source: str, made_for: dict[str, Any], full: bool = False
+    task: BaseTask, state: dict[str, torch.Tensor], source: str, made_for: dict[str, Any], full: bool = False,
+    training: bool = False,
 ) -> None:
-    """Load trained tensors (all tensors if ``full``) into ``task``, refusing any that do not fit."""
-    expected = task.state_dict() if full else task.adapter_state_dict()
+    """Load trained tensors (all tensors if ``full``; a Lightning checkpoint's ``training_state_dict`` if
+    ``training``) into ``task``, refusing any that do not fit."""
+    expected = task.state_dict() if full else task.training_state_dict() if training else task.adapter_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(k for k in set(state) & set(expected)

@@ -141,7 +141,7 @@ def load_lightning_checkpoint(path: str | os.PathLike, weights: str | None = Non
         init_args["weights"] = weights
     task = _build_stored(task_class, init_args, path)
     made_for = {"backbone": init_args.get("backbone"), "adapter": init_args.get("adapter")}
-    load_checked(task, state, str(path), made_for)
+    load_checked(task, state, str(path), made_for, training=True)
     task.use_preprocessing(_record(ckpt.get("vadapt_preprocessing"), path), raw_inputs)
     return task
 
