@@ -83,7 +83,7 @@ class SelfSupervisedDepthTask(BaseTask):
         automask: bool = True,
         learn_intrinsics: bool = True,
         decoder_channels: list[int] | None = None,
-        pose_layers: int = 18,
+        pose_encoder: str = "resnet18",
         pose_weights: str | None = None,
         eval_max_depth: float = 150.0,
         preview_images: int = 4,
@@ -108,9 +108,11 @@ class SelfSupervisedDepthTask(BaseTask):
                 batch's ``K`` (datamodule ``intrinsics`` option or the dataset's files).
             decoder_channels: widths of the decoder used on backbones without a DPT neck, at strides 1, 2, 4,
                 8, 16 (default Monodepth2's ``[16, 32, 64, 128, 256]``).
-            pose_layers: ResNet depth of the pose encoder (18, 34 or 50; EndoDAC 18).
-            pose_weights: torchvision ImageNet state-dict file for the pose encoder (EndoDAC starts from ImageNet);
-                ``None``: random (no download).
+            pose_encoder: ``resnet18`` (EndoDAC's), ``resnet34``, ``resnet50``, or ``efficientnet_lite0`` (ImageNet
+                weights available offline: the stand-in for EndoDAC's ImageNet ResNet-18 where none can be
+                downloaded).
+            pose_weights: for a ResNet, a torchvision ImageNet state-dict file (EndoDAC starts from ImageNet),
+                ``None``: random; for ``efficientnet_lite0``, ``None`` means its ImageNet weights.
             eval_max_depth: truth beyond this is not scored (EndoDAC 150, in the data's units).
             preview_images: validation frames drawn in the per-epoch picture (0 = none).
             lr: peak learning rate (EndoDAC 1e-4).
@@ -134,7 +136,7 @@ class SelfSupervisedDepthTask(BaseTask):
         else:
             self.decoder = PyramidDisparityDecoder(self.backbone.out_channels, self.backbone.strides,
                                                    hp.get("decoder_channels") or (16, 32, 64, 128, 256))
-        self.pose_net = PoseNet(hp["pose_layers"], hp["pose_weights"])
+        self.pose_net = PoseNet(hp["pose_encoder"], hp["pose_weights"])
 
     def configure_metrics(self) -> None:
         limit = float(self.hparams["eval_max_depth"])

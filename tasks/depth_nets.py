@@ -88,6 +88,76 @@ class PyramidDisparityDecoder(nn.Module):
         return [outputs[k] for k in sorted(outputs)]
 
 
+def _two_frame_stem(weight: torch.Tensor) -> torch.Tensor:
+    """A pretrained first-layer weight ``(C, 3, k, k)`` -> ``(C, 6, k, k)`` for two stacked frames: repeated and
+    halved, as the official pose encoder (Monodepth2's ``resnet_multiimage_input``)."""
+    return torch.cat([weight, weight], 1) / 2
+
+
+class ResNetPairEncoder(nn.Module):
+    """torchvision's ResNet (18, 34 or 50 layers) on two stacked frames ``(B, 6, H, W)`` in ``[0, 1]`` -> its last
+    map ``(B, width, H/32, W/32)``; frames normalised with Monodepth2's ``(x - 0.45) / 0.225``. ``weights``: a
+    torchvision ImageNet state-dict file (the official start; none can be downloaded offline), ``None``: random."""
+
+    def __init__(self, layers: int = 18, weights: str | None = None) -> None:
+        super().__init__()
+        import torchvision
+
+        builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34,
+                    50: torchvision.models.resnet50}
+        resnet = builders[layers](weights=None)
+        if weights is not None:
+            from vadapt.weights import load_strict, read_state_dict
+
+            resnet.fc = nn.Identity()
+            load_strict(resnet, {k: v for k, v in read_state_dict(weights).items() if not k.startswith("fc.")},
+                        source=str(weights))
+        stem = resnet.conv1.weight.detach()
+        resnet.conv1 = nn.Conv2d(6, 64, 7, 2, 3, bias=False)
+        with torch.no_grad():
+            resnet.conv1.weight.copy_(_two_frame_stem(stem))
+        resnet.fc = nn.Identity()
+        self.resnet = resnet
+        self.width = 2048 if layers == 50 else 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1((x - 0.45) / 0.225))))
+        return r.layer4(r.layer3(r.layer2(r.layer1(x))))
+
+
+class EfficientNetPairEncoder(nn.Module):
+    """EfficientNet-Lite0 (vadapt's ``efficientnet_lite0`` backbone, all of it trainable) on two stacked frames
+    ``(B, 6, H, W)`` in ``[0, 1]`` -> its stride-32 map ``(B, 320, ceil(H/32), ceil(W/32))``. ``weights``:
+    ``"pretrained"`` (the ImageNet file of the pip package, available offline), a file, or ``None``. The offline
+    stand-in for the official ImageNet ResNet-18: the only pretrained CNN this machine has."""
+
+    def __init__(self, weights: str | None = "pretrained") -> None:
+        super().__init__()
+        import copy
+
+        from vadapt.backbones import create_backbone
+
+        backbone = create_backbone("efficientnet_lite0", weights=weights)
+        stem = backbone.model.conv_stem
+        six = copy.deepcopy(stem)  # keeps timm's Conv2dSame padding
+        six.weight = nn.Parameter(_two_frame_stem(stem.weight.detach()))
+        six.in_channels = 6
+        backbone.model.conv_stem = six
+        backbone.requires_grad_(True)
+        self.backbone = backbone
+        self.width = backbone.out_channels[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h, pad_w = -x.shape[-2] % 32, -x.shape[-1] % 32
+        x = F.pad((x - 0.5) / 0.5, (0, pad_w, 0, pad_h))
+        return self.backbone.forward_features(x)[-1]
+
+
+#: pose-encoder names the depth task accepts
+POSE_ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+
+
 class PoseNet(nn.Module):
     """Two frames -> the relative pose and the camera intrinsics (EndoDAC's ``pose_encoder`` + ``pose`` +
     ``intrinsics_head``).
@@ -96,34 +166,19 @@ class PoseNet(nn.Module):
     ``[frame f_i, frame 0]``) returns ``axis_angle`` ``(B, 3)`` and ``translation`` ``(B, 3)`` of the pose target ->
     source, and ``K`` ``(B, 3, 3)`` in pixels of ``(H, W)``.
 
-    The encoder is torchvision's ResNet (``layers`` 18 or 50) with its first convolution taking 6 channels;
-    ``weights`` (a torchvision ImageNet state-dict file) initialises it as the official code does (first-layer
-    weights repeated for both frames and halved); ``None``: random (offline default). Frames are normalised with
-    Monodepth2's ``(x - 0.45) / 0.225``.
+    ``encoder``: ``resnet18`` (official; ``weights`` a torchvision ImageNet file, else random), ``resnet34``,
+    ``resnet50``, or ``efficientnet_lite0`` (``weights`` default ``"pretrained"``: ImageNet, offline).
     """
 
-    def __init__(self, layers: int = 18, weights: str | None = None) -> None:
+    def __init__(self, encoder: str = "resnet18", weights: str | None = None) -> None:
         super().__init__()
-        import torchvision
-
-        builders = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34,
-                    50: torchvision.models.resnet50}
-        if layers not in builders:
-            raise ValueError(f"pose_layers must be one of {sorted(builders)}, got {layers}")
-        resnet = builders[layers](weights=None)
-        if weights is not None:
-            from vadapt.weights import read_state_dict
-
-            state = read_state_dict(weights)
-            resnet.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
-        stem = resnet.conv1.weight.detach()
-        resnet.conv1 = nn.Conv2d(6, 64, 7, 2, 3, bias=False)
-        with torch.no_grad():
-            resnet.conv1.weight.copy_(torch.cat([stem, stem], 1) / 2)
-        resnet.fc = nn.Identity()
-        self.encoder = resnet
-        width = 2048 if layers == 50 else 512
-        self.squeeze = nn.Conv2d(width, 256, 1)
+        if encoder not in POSE_ENCODERS:
+            raise ValueError(f"pose_encoder must be one of {list(POSE_ENCODERS)}, got {encoder!r}")
+        if encoder == "efficientnet_lite0":
+            self.encoder: nn.Module = EfficientNetPairEncoder(weights or "pretrained")
+        else:
+            self.encoder = ResNetPairEncoder(int(encoder.removeprefix("resnet")), weights)
+        self.squeeze = nn.Conv2d(self.encoder.width, 256, 1)
         self.pose_conv1 = nn.Conv2d(256, 256, 3, padding=1)
         self.pose_conv2 = nn.Conv2d(256, 256, 3, padding=1)
         self.pose_out = nn.Conv2d(256, 6, 1)
@@ -131,9 +186,8 @@ class PoseNet(nn.Module):
         self.offset = nn.Conv2d(256, 2, 1, bias=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.encoder
-        x = r.maxpool(r.relu(r.bn1(r.conv1((x - 0.45) / 0.225))))
-        return r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        """Two stacked frames ``(B, 6, H, W)`` -> the encoder's last map."""
+        return self.encoder(x)
 
     def features(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The pose decoder's intermediate feature ``(B, 256, h, w)`` of a frame pair (both ``(B, 3, H, W)``)."""

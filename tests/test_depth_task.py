@@ -69,7 +69,7 @@ def test_the_intrinsics_head_recovers_the_focal_length_by_training():
     torch.manual_seed(0)
     seq, images, depth, poses = rendered(5)
     images, depth = images.float(), depth.float()
-    net = PoseNet(18).eval()
+    net = PoseNet("resnet18").eval()
     t = torch.arange(0, 7)
     with torch.no_grad():
         feats = net.features(images[t + 2], images[t])

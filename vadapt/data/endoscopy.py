@@ -6,8 +6,9 @@ The scene is a textured tube along the world ``z`` axis (a colon / bronchus stan
 smoothly with depth and angle, ``r(z, phi) = r0 (1 + a1 sin(k1 z / r0 + p1) + a2 cos(2 phi + k2 z / r0 + p2))``,
 closed by a flat cap ``z = cap_z`` six radii beyond the last camera (so depth is bounded). Lengths are in
 centimetres (``r0`` in [1.3, 1.7]). A camera moves forward along the tube (3 to 6 % of ``r0`` per frame, so
-consecutive frames overlap strongly) with a smooth random lateral offset (at most 15 % of ``r0``) and smooth
-yaw / pitch (at most 5 degrees each) and roll (at most 12 degrees), all sums of low-frequency sines with random
+consecutive frames overlap strongly) with a smooth random lateral offset (at most 30 % of ``r0``) and smooth
+yaw / pitch (at most 20 degrees each: the scope looks around, so the lumen moves in the picture and depth is not the
+same radial pattern in every frame) and roll (at most 12 degrees), all sums of low-frequency sines with random
 phases; its pinhole intrinsics are random per sequence: ``fx = fy`` in ``[0.55, 1.1] * W`` and the principal point
 within 5 % of the image centre ("any endoscopic camera", unknown to the model).
 
@@ -312,8 +313,8 @@ def _trajectory(rng: np.random.Generator, num_frames: int, r0: float) -> np.ndar
     """Camera-to-world poses ``(T, 4, 4)``: forward along ``z`` with smooth lateral offset and rotation."""
     s = np.arange(num_frames, dtype=np.float64)
     speed = rng.uniform(0.03, 0.06) * r0
-    x, y = _smooth(rng, s, 0.15 * r0 / math.sqrt(2)), _smooth(rng, s, 0.15 * r0 / math.sqrt(2))
-    yaw, pitch, roll = (_smooth(rng, s, math.radians(a)) for a in (5.0, 5.0, 12.0))
+    x, y = _smooth(rng, s, 0.3 * r0 / math.sqrt(2)), _smooth(rng, s, 0.3 * r0 / math.sqrt(2))
+    yaw, pitch, roll = (_smooth(rng, s, math.radians(a)) for a in (20.0, 20.0, 12.0))
     poses = np.tile(np.eye(4), (num_frames, 1, 1))
     for i in range(num_frames):
         poses[i, :3, :3] = _rotation(2, roll[i]) @ _rotation(1, yaw[i]) @ _rotation(0, pitch[i])
