@@ -111,8 +111,7 @@ def save_depth(depth: np.ndarray, valid: np.ndarray, folder: Path, name: str, ge
     """Write ``<stem>_depth.png`` (16-bit, ``round(depth * 256)``, 0 = no depth) and ``<stem>_depth.tif`` (float32
     GeoTIFF, the input's georeference, no-data 0; when ``georef`` and ``geotiff``) or ``<stem>_depth.npy`` (float32
     ``(H, W)``, 0 = no depth) into ``folder``; also how many pixels the PNG clipped (depth above 255.996)."""
-    from vadapt.inference.depth import DEPTH_NODATA, to_png_values, write_png16
-    from vadapt.inference.files import OutputFile
+    from vadapt.inference.depth import to_png_values, write_float_depth, write_png16
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_stem(name)
@@ -121,13 +120,7 @@ def save_depth(depth: np.ndarray, valid: np.ndarray, folder: Path, name: str, ge
     write_png16(png, values)
     tif = georef is not None and geotiff
     path = folder / f"{stem}_depth.{'tif' if tif else 'npy'}"
-    out = OutputFile(path, *depth.shape, 1, "float32", DEPTH_NODATA if tif else None, georef if tif else None)
-    try:
-        out.write(0, np.where(valid, depth, DEPTH_NODATA).astype(np.float32))
-        out.commit()
-    except BaseException:
-        out.discard()
-        raise
+    write_float_depth(path, depth, valid, georef)
     return png, path, clipped
 
 

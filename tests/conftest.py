@@ -141,3 +141,23 @@ def change_detection_checkpoint(folder: Path, seed: int | None = None) -> Path:
             if p.requires_grad:
                 p.normal_(0, 0.2)
     return save_adapter(task, folder / "cd.safetensors")
+
+
+def depth_checkpoint(folder: Path, resize: tuple[int, int]) -> Path:
+    """A tiny depth checkpoint (``depth_anything_v2_test``; random disparity heads, so depth varies over an image)
+    trained on 8-bit frames resized to ``resize``, its frozen random backbone in ``folder/backbone.pth`` (as users
+    have real weights): ``folder/depth.safetensors``."""
+    from vadapt.backbones import create_backbone
+    from vadapt.checkpoint import save_adapter
+    from vadapt.preprocessing import Preprocessing
+    from vadapt.tasks import SelfSupervisedDepthTask
+
+    torch.manual_seed(0)
+    weights = folder / "backbone.pth"
+    torch.save(create_backbone("depth_anything_v2_test").model.state_dict(), weights)
+    task = SelfSupervisedDepthTask(backbone="depth_anything_v2_test", weights=str(weights))
+    with torch.no_grad():
+        for p in task.heads.parameters():
+            p.normal_(0, 0.3)
+    task.preprocessing = Preprocessing(scale=1 / 255, nodata=None, resize=resize, source_size=(60, 80))
+    return save_adapter(task, folder / "depth.safetensors")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import sam_upstream_state
+from conftest import depth_checkpoint, sam_upstream_state
 from PIL import Image
 from rasterio.transform import from_origin
 
@@ -593,20 +593,8 @@ DEPTH_TRAINED = (42, 56)  # (height, width) of the depth checkpoint's training f
 def depth_dir(tmp_path_factory) -> Path:
     """A tiny depth checkpoint (depth_anything_v2_test, random disparity heads so depth varies, trained on 8-bit
     frames resized to DEPTH_TRAINED), its frozen backbone weights in a file, as tests/test_infer_depth.py makes it."""
-    from vadapt.backbones import create_backbone
-    from vadapt.preprocessing import Preprocessing
-    from vadapt.tasks import SelfSupervisedDepthTask
-
     folder = tmp_path_factory.mktemp("depth")
-    torch.manual_seed(0)
-    weights = folder / "backbone.pth"
-    torch.save(create_backbone("depth_anything_v2_test").model.state_dict(), weights)
-    task = SelfSupervisedDepthTask(backbone="depth_anything_v2_test", weights=str(weights))
-    with torch.no_grad():
-        for p in task.heads.parameters():
-            p.normal_(0, 0.3)
-    task.preprocessing = Preprocessing(scale=1 / 255, nodata=None, resize=DEPTH_TRAINED, source_size=(60, 80))
-    save_adapter(task, folder / "depth.safetensors")
+    depth_checkpoint(folder, DEPTH_TRAINED)
     return folder
 
 

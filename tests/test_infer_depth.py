@@ -11,16 +11,15 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+from conftest import depth_checkpoint
 from PIL import Image
 from rasterio.transform import from_origin
 
-from vadapt.checkpoint import save_adapter
 from vadapt.cli import main
 from vadapt.inference import infer
 from vadapt.inference.engine import Predictor
 from vadapt.inference.files import TMP_MARK
 from vadapt.loading import load_adapter
-from vadapt.preprocessing import Preprocessing
 from vadapt.tasks import SelfSupervisedDepthTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,18 +30,7 @@ TRAINED = (42, 56)  # (height, width) of the training frames: every input is pre
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny depth-anything depth task with random disparity heads (so depth varies over the image), trained on
     8-bit frames resized to TRAINED; its frozen backbone's weights in a file, as users have real ones."""
-    from vadapt.backbones import create_backbone
-
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    weights = folder / "backbone.pth"
-    torch.save(create_backbone("depth_anything_v2_test").model.state_dict(), weights)
-    task = SelfSupervisedDepthTask(backbone="depth_anything_v2_test", weights=str(weights))
-    with torch.no_grad():
-        for p in task.heads.parameters():
-            p.normal_(0, 0.3)
-    task.preprocessing = Preprocessing(scale=1 / 255, nodata=None, resize=TRAINED, source_size=(60, 80))
-    return save_adapter(task, folder / "depth.safetensors")
+    return depth_checkpoint(tmp_path_factory.mktemp("ckpt"), TRAINED)
 
 
 def photo(h: int, w: int, seed: int) -> np.ndarray:

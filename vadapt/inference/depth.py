@@ -258,7 +258,6 @@ def write_outputs(job: Job, meta: dict[str, Any], depth: np.ndarray, valid: np.n
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(preview_picture(depth, fallback)).save(tmp, format="PNG")
     os.replace(tmp, path)
-    height, width = depth.shape
     if job.mask.suffix.lower() == ".png":
         values, clipped = to_png_values(depth, valid)
         if clipped:
@@ -266,16 +265,21 @@ def write_outputs(job: Job, meta: dict[str, Any], depth: np.ndarray, valid: np.n
                             "(--format tif or npy keeps them)")
         write_png16(job.mask, values)
     else:
-        geo = meta["geo"] if job.mask.suffix.lower() == ".tif" else None
-        nodata = DEPTH_NODATA if job.mask.suffix.lower() == ".tif" else None
-        out = OutputFile(job.mask, height, width, 1, "float32", nodata, geo)
-        try:
-            out.write(0, np.where(valid, depth, DEPTH_NODATA).astype(np.float32))
-            out.commit()
-        except BaseException:
-            out.discard()
-            raise
+        write_float_depth(job.mask, depth, valid, meta["geo"] if job.mask.suffix.lower() == ".tif" else None)
     return warnings
+
+
+def write_float_depth(path: Path, depth: np.ndarray, valid: np.ndarray, geo: dict[str, Any] | None) -> None:
+    """float32 depth ``(H, W)`` (``DEPTH_NODATA`` where not ``valid``) as a GeoTIFF (``.tif``: nodata tag, ``geo``'s
+    georeference when given) or ``.npy``, renamed into place when complete."""
+    tif = path.suffix.lower() == ".tif"
+    out = OutputFile(path, *depth.shape, 1, "float32", DEPTH_NODATA if tif else None, geo if tif else None)
+    try:
+        out.write(0, np.where(valid, depth, DEPTH_NODATA).astype(np.float32))
+        out.commit()
+    except BaseException:
+        out.discard()
+        raise
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
