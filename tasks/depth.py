@@ -299,8 +299,14 @@ class SelfSupervisedDepthTask(BaseTask):
             return
         set_dv_lora_phase(self.backbone, vectors)
         self._vector_phase = vectors
+        training = [p for p in self.parameters() if p.requires_grad]
         for optimizer in self.trainer.optimizers:
-            optimizer.param_groups[0]["params"] = [p for p in self.parameters() if p.requires_grad]
+            optimizer.param_groups[0]["params"] = training
+            # the factors that stopped training are buffers now: their optimiser state goes too (else the
+            # optimiser's state_dict, and so every later checkpoint, fails on parameters it no longer has)
+            keep = {id(p) for p in training}
+            for p in [p for p in optimizer.state if id(p) not in keep]:
+                del optimizer.state[p]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self(batch["frames"][:, 0] if "frames" in batch else batch["image"])

@@ -219,3 +219,5 @@ def test_dv_lora_switches_from_factors_to_vectors_during_fit(endoscopy, tmp_path
     assert moved(before, snapshots[0], "lora_B") and not moved(before, snapshots[0], "lora_U")  # warm-up step
     assert moved(snapshots[0], snapshots[2], "lora_U") and moved(snapshots[0], snapshots[2], "lora_V")
     assert not moved(snapshots[0], snapshots[2], "lora_A") and not moved(snapshots[0], snapshots[2], "lora_B")
+    trainer.save_checkpoint(tmp_path / "after_switch.ckpt")  # the optimiser forgot the factors that stopped
+    assert (tmp_path / "after_switch.ckpt").stat().st_size > 0
