@@ -17,6 +17,9 @@ them and otherwise builds the missing ones into ``~/.cache/vadapt/demo`` on firs
 * ``points_shapes.safetensors`` (the 3D tab): the tiny ``point_mae_test`` transformer and its head trained from
   scratch on ``vadapt make-shapes`` clouds of 10 classes (:func:`make_points`, 1,600 steps, ~1.5 min); the example
   clouds (:func:`write_point_examples`) are drawn by the same generator with another seed.
+* ``depth_endoscopy.safetensors`` (the Depth tab): exactly ``vadapt fit --config configs/endodac_quickstart.yaml``
+  (EndoDAC: real ImageNet EfficientNet-Lite0, frozen, + DV-LoRA and necks, self-supervised on synthetic endoscopy
+  videos; :func:`make_depth`); the example frame (``example_endoscopy.png``) comes from a video it never saw.
 * ``resadapter_tiny.safetensors``, ``i2v_tiny.safetensors``, ``mv_tiny.safetensors`` (the Generate tab): a
   ResAdapter, an I2V-Adapter and an image-to-multiview MV-Adapter with RANDOM weights on tiny random-init bases
   (``sd15_test`` / ``animatediff_test``), which are saved beside them as diffusers folders ``sd15_tiny_base/``
@@ -47,8 +50,10 @@ QUICKSTART = "quickstart_cloud.safetensors"
 SAM = "sam_tiny_cloud.safetensors"
 CHANGE = "change_tiny.safetensors"
 POINTS = "points_shapes.safetensors"
+DEPTH = "depth_endoscopy.safetensors"
 GENERATION = ("resadapter_tiny.safetensors", "i2v_tiny.safetensors", "mv_tiny.safetensors")  # see .generate
-CHECKPOINTS = (QUICKSTART, SAM, CHANGE, POINTS, *GENERATION)
+CHECKPOINTS = (QUICKSTART, SAM, CHANGE, POINTS, DEPTH, *GENERATION)
+ENDOSCOPY_EXAMPLE_SEED = 777  # a synthetic video none of the quickstart's training videos (seeds 0..7) is
 CLOUD_CODE = 4  # the scene's reference code for cloud
 SAM_SIZE = 128
 POINT_CLASSES = 10  # the first 10 classes of `vadapt make-shapes`, as configs/points_quickstart.yaml
@@ -137,7 +142,22 @@ def write_examples(folder: Path) -> dict[str, Path]:
     before, after, _ = change_pair(rgb, np.random.default_rng(7), 192, patches=3)
     Image.fromarray(before).save(paths["before"])
     Image.fromarray(after).save(paths["after"])
+    paths["depth"] = write_endoscopy_example(folder)
     return {**paths, **write_point_examples(folder)}
+
+
+def write_endoscopy_example(folder: Path) -> Path:
+    """A frame of a synthetic endoscopy video the depth demo never trained on (``example_endoscopy.png``)."""
+    from PIL import Image
+
+    from vadapt.data.endoscopy import render_sequence
+
+    path = folder / "example_endoscopy.png"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        frame = render_sequence(num_frames=1, size=(256, 320), seed=ENDOSCOPY_EXAMPLE_SEED).frames[0]
+        Image.fromarray((frame * 255).round().astype(np.uint8)).save(path)
+    return path
 
 
 def write_point_examples(folder: Path) -> dict[str, Path]:
@@ -155,19 +175,30 @@ def write_point_examples(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def make_quickstart(folder: Path, progress: Progress = print) -> Path:
-    """Run the README's quickstart (``vadapt fit --config configs/quickstart.yaml``) and keep its adapter."""
-    config = REPO / "configs" / "quickstart.yaml"
+def _fit_config(config: str, name: str, folder: Path, progress: Progress, minutes: str, *overrides: str) -> Path:
+    """Run ``vadapt fit --config configs/CONFIG`` in a temporary folder and keep its adapter as ``folder / name``."""
     with tempfile.TemporaryDirectory(prefix="vadapt-demo-") as tmp:
-        progress("training the quickstart adapter (vadapt fit --config configs/quickstart.yaml, ~1-3 min)")
-        subprocess.run([sys.executable, "-m", "vadapt.cli", "fit", "--config", str(config),
-                        "--trainer.default_root_dir", tmp,
-                        "--trainer.enable_progress_bar", "false"], cwd=REPO, check=True)
+        progress(f"training the {name} demo (vadapt fit --config configs/{config}, {minutes})")
+        subprocess.run([sys.executable, "-m", "vadapt.cli", "fit", "--config", str(REPO / "configs" / config),
+                        "--trainer.default_root_dir", tmp, "--trainer.enable_progress_bar", "false",
+                        *[arg.replace("{tmp}", tmp) for arg in overrides]], cwd=REPO, check=True)
         found = sorted(Path(tmp).rglob("adapter.safetensors"))
         if not found:
-            raise RuntimeError("the quickstart run wrote no adapter.safetensors")
+            raise RuntimeError(f"the {config} run wrote no adapter.safetensors")
         folder.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.copy(found[-1], folder / QUICKSTART))
+        return Path(shutil.copy(found[-1], folder / name))
+
+
+def make_quickstart(folder: Path, progress: Progress = print) -> Path:
+    """Run the README's quickstart (``vadapt fit --config configs/quickstart.yaml``) and keep its adapter."""
+    return _fit_config("quickstart.yaml", QUICKSTART, folder, progress, "~1-3 min")
+
+
+def make_depth(folder: Path, progress: Progress = print) -> Path:
+    """Run the depth quickstart (``vadapt fit --config configs/endodac_quickstart.yaml``, its synthetic videos
+    written into a temporary folder) and keep its adapter."""
+    return _fit_config("endodac_quickstart.yaml", DEPTH, folder, progress, "~15 min",
+                       "--data.init_args.root", "{tmp}/endoscopy")
 
 
 def _fit(task, batches: Callable[[int], dict], steps: int, progress: Progress, name: str,
@@ -402,6 +433,8 @@ def build(folder: Path, names: list[str] | None = None, progress: Progress = pri
         make_change(folder, progress=progress)
     if POINTS in names:
         make_points(folder, progress=progress)
+    if DEPTH in names:
+        make_depth(folder, progress=progress)
     if any(name in names for name in GENERATION):  # all three at once: they share the tiny bases
         from .generate import make_demo_checkpoints
 

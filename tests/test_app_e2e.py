@@ -293,10 +293,8 @@ def set_number(page, selector: str, value: float) -> None:
     field.press("Tab")
 
 
-# (Depth is left out until the built-in demo has a depth checkpoint: the benchmark starts the app without this
-# file's --checkpoints folder)
 TABS = {"Segment": run_segment, "Prompt": run_prompt, "Change": run_change, "Batch": run_batch,
-        "3D": run_points, "Generate": run_generate}
+        "3D": run_points, "Generate": run_generate, "Depth": run_depth}
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------------
