@@ -58,8 +58,9 @@ frame that has both neighbours (38 per sequence, 152), un-augmented, at the trai
 Outputs (Lightning logs, checkpoints, ``results.json``) go to ``--out`` (default ``/tmp/vadapt_bench_endodac``); the
 data are rendered there once (``data_train``, ``data_test``; ~1 minute).
 
-Run: ``python benchmarks/bench_endodac.py --epochs 5`` (runs a, b, c at 145 steps each: what BENCHMARKS.md section
-16 measured, 4 to 16 minutes a run on the shared 2-core CPU; the config's 10 epochs would take twice that) or
+Run: ``python benchmarks/bench_endodac.py`` (runs a, b, c with the config's 64x80 frames and 35 epochs, 1,015 steps
+each: what BENCHMARKS.md section 16 measured, about 10 minutes a run with 2 threads; ``--runs a --threads 1`` in
+separate processes runs arms side by side) or
 ``--quick`` (a smoke test: 64x80 frames, 3 steps, tiny data; its numbers mean nothing).
 """
 
