@@ -482,7 +482,9 @@ def infer(
     started = time.perf_counter()
     console = Console(opts.progress)
     report = InferReport()
-    facts = CheckpointFacts.read(checkpoint)
+    # read first to send depth checkpoints to their runner; a missing file is said after the inputs are listed, so
+    # that a folder without images says so first (before anything about the model)
+    facts = CheckpointFacts.read(checkpoint) if Path(checkpoint).is_file() else None
     if facts is not None and facts.capabilities is not None:
         refused = refusal(facts.task, facts.capabilities)
         if refused:  # what loading the model would say, without the wait
@@ -492,6 +494,8 @@ def infer(
 
             return infer_depth(checkpoint, facts, output, input, input_a, input_b, opts, report, console, started)
     todo = _todo(output, input, input_a, input_b, opts, report)
+    if facts is None:
+        facts = CheckpointFacts.read(checkpoint)
     ready = _survey(todo, facts, opts, report, console)
     if facts is not None:
         _, _, report.preprocessing, report.notes = value_settings(facts.record, opts)
