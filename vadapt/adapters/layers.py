@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -14,6 +15,21 @@ if TYPE_CHECKING:
 
 class AdapterLayer(nn.Module):
     """Base of our wrapper layers: the frozen module is ``base_layer`` (peft's name), the rest is the adapter."""
+
+
+class WeightAdapterLayer(AdapterLayer):
+    """A wrapper standing in for a frozen Linear (or conv) whose weight it adapts: ``.weight`` and ``.bias`` read
+    through to the frozen layer, so modules that read them (e.g. timm's attention, fused kernels) keep working."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen layer's weight."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The frozen layer's bias, or ``None``."""
+        return self.base_layer.bias
 
 
 def first_width(module: nn.Module, layout: str) -> tuple[int, int]:

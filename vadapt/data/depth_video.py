@@ -109,7 +109,7 @@ from vadapt.preprocessing import Preprocessing, median_size
 
 from .captioned import IMAGE_SUFFIXES, CorruptImageWarning
 from .io import DataError, probe, read_raw
-from .video import VIDEO_SUFFIXES, count_frames, read_frames
+from .video import VIDEO_SUFFIXES, count_frames, first_readable, read_frames
 
 Layout = Literal["folders", "scared", "hamlyn", "c3vd", "simcol"]
 LAYOUTS = ("folders", "scared", "hamlyn", "c3vd", "simcol")
@@ -511,16 +511,7 @@ class DepthVideoDataset(Dataset):
                 "key": self.key(index)}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for i in [index, *range(index + 1, len(self)), *range(index)]:
-            if i in self.bad:
-                continue
-            try:
-                return self._load(i)
-            except Exception as exc:  # noqa: BLE001 - one bad frame file must not end the epoch
-                self.bad.add(i)
-                warnings.warn(f"sample {self.key(i)} could not be read ({type(exc).__name__}: {exc}); it is skipped",
-                              CorruptImageWarning, stacklevel=2)
-        raise DataError(f"none of the {len(self)} samples could be read (the first: {self.key(index)})")
+        return first_readable(index, len(self), self.bad, self._load, self.key, "sample")
 
 
 # ---- the datamodule ----------------------------------------------------------------------------------------------

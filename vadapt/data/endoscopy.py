@@ -60,6 +60,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .io import DataError
+from .shapes import axis_rotation
 
 README_MARKER = "vadapt synthetic endoscopy"
 _NEWTON_STEPS = 10  # safeguarded Newton iterations per ray (~1e-7 cm; most converge in 4 to 5, a few bisect)
@@ -293,14 +294,6 @@ def _random_texture(rng: np.random.Generator, r0: float) -> Texture:
 
 
 # ---- camera -----------------------------------------------------------------------------------------------------
-def _rotation(axis: int, angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    i, j = [k for k in range(3) if k != axis]
-    m = np.eye(3)
-    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
-    return m
-
-
 def _smooth(rng: np.random.Generator, frames: np.ndarray, amplitude: float) -> np.ndarray:
     """A smooth random curve over ``frames``: two sines of 0.005 to 0.03 cycles a frame, ``|.| <= amplitude``."""
     weights = rng.dirichlet([2.0, 2.0]) * amplitude
@@ -317,7 +310,7 @@ def _trajectory(rng: np.random.Generator, num_frames: int, r0: float) -> np.ndar
     yaw, pitch, roll = (_smooth(rng, s, math.radians(a)) for a in (20.0, 20.0, 12.0))
     poses = np.tile(np.eye(4), (num_frames, 1, 1))
     for i in range(num_frames):
-        poses[i, :3, :3] = _rotation(2, roll[i]) @ _rotation(1, yaw[i]) @ _rotation(0, pitch[i])
+        poses[i, :3, :3] = axis_rotation(2, roll[i]) @ axis_rotation(1, yaw[i]) @ axis_rotation(0, pitch[i])
         poses[i, :3, 3] = (x[i], y[i], speed * s[i])
     return poses
 

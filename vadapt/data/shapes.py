@@ -214,7 +214,8 @@ def sample_shape(name: str, n: int, rng: np.random.Generator) -> tuple[np.ndarra
     return points, labels
 
 
-def _rotation(axis: int, angle: float) -> np.ndarray:
+def axis_rotation(axis: int, angle: float) -> np.ndarray:
+    """The ``(3, 3)`` rotation by ``angle`` (radians) about coordinate axis ``axis`` (0 x, 1 y, 2 z)."""
     c, s = math.cos(angle), math.sin(angle)
     i, j = [k for k in range(3) if k != axis]
     m = np.eye(3)
@@ -227,8 +228,9 @@ def random_deformation(rng: np.random.Generator) -> np.ndarray:
     scale = np.diag(rng.uniform(0.75, 1.25, 3))
     shear = np.eye(3)
     shear[np.triu_indices(3, 1)] = rng.uniform(-0.15, 0.15, 3)
-    tilt = _rotation(0, rng.uniform(-1, 1) * math.radians(10)) @ _rotation(2, rng.uniform(-1, 1) * math.radians(10))
-    return _rotation(1, rng.uniform(0, 2 * math.pi)) @ tilt @ shear @ scale
+    tilt_x = axis_rotation(0, rng.uniform(-1, 1) * math.radians(10))  # drawn first, as before (same shapes per seed)
+    tilt = tilt_x @ axis_rotation(2, rng.uniform(-1, 1) * math.radians(10))
+    return axis_rotation(1, rng.uniform(0, 2 * math.pi)) @ tilt @ shear @ scale
 
 
 def make_sample(name: str, points: int, rng: np.random.Generator, partial: bool = False,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,16 +154,24 @@ class VideoClipDataset(Dataset):
         return {"video": tensor, "prompt": record.caption, "key": record.key}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for i in [index, *range(index + 1, len(self)), *range(index)]:
-            if i in self.bad:
-                continue
-            try:
-                return self._load(i)
-            except Exception as exc:  # a clip that changed or broke after setup: never crash the epoch
-                self.bad.add(i)
-                warnings.warn(f"clip {self.records[i].path} could not be read ({type(exc).__name__}: {exc}); it is "
-                              "skipped", CorruptImageWarning, stacklevel=2)
-        raise DataError(f"none of the {len(self)} clips could be read (the first: {self.records[index].path})")
+        return first_readable(index, len(self), self.bad, self._load, lambda i: str(self.records[i].path), "clip")
+
+
+def first_readable(index: int, count: int, bad: set[int], load: Callable[[int], Any], name: Callable[[int], str],
+                   kind: str) -> Any:
+    """``load(index)``, or where it raises (a file that changed or broke after setup: the epoch must not end) the
+    next readable item after it, wrapping around; each unreadable one is remembered in ``bad`` and said once as a
+    :class:`CorruptImageWarning` naming it (``name(i)``, a ``kind``). :class:`DataError` when none can be read."""
+    for i in [index, *range(index + 1, count), *range(index)]:
+        if i in bad:
+            continue
+        try:
+            return load(i)
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types
+            bad.add(i)
+            warnings.warn(f"{kind} {name(i)} could not be read ({type(exc).__name__}: {exc}); it is skipped",
+                          CorruptImageWarning, stacklevel=3)
+    raise DataError(f"none of the {count} {kind}s could be read (the first: {name(index)})")
 
 
 class VideoClipDataModule(_GenerationDataModule):

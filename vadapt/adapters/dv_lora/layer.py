@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadapt.adapters.layers import AdapterLayer
+from vadapt.adapters.layers import AdapterLayer, WeightAdapterLayer
 
 #: the factors of one DV-LoRA layer, by phase: trained during warm-up / after it
 WARM_UP_FACTORS: tuple[str, ...] = ("lora_A", "lora_B")
@@ -92,7 +92,7 @@ def conv_neck_parameter_count(channels: int, reduction: int = 8) -> int:
     return 2 * channels * b + 9 * b * b + 4 * b + 2 * channels
 
 
-class DVLoraLinear(AdapterLayer):
+class DVLoraLinear(WeightAdapterLayer):
     """A frozen ``nn.Linear`` with DV-LoRA (or LoRA). Input ``(..., d_in)`` -> output ``(..., d_out)``, as
     ``base_layer`` (see the module docstring for the update and the phases).
 
@@ -180,15 +180,6 @@ class DVLoraLinear(AdapterLayer):
         out = self.base_layer(x)
         return out + self.update(x).to(out.dtype)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen weight (modules that read ``.weight`` keep working)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The frozen bias, or ``None``."""
-        return self.base_layer.bias
 
     def num_adapter_parameters(self) -> int:
         """Adapter tensors of this layer, both phases: :func:`dv_lora_parameter_count`."""

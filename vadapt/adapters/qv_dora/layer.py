@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadapt.adapters.layers import AdapterLayer
+from vadapt.adapters.layers import WeightAdapterLayer
 
 from .config import QKV_SLICES
 
@@ -93,7 +93,7 @@ class QVDoraParameters(nn.Module):
                     self.lora_magnitude[s] = nn.Parameter(norm)
 
 
-class QVDoraLinear(AdapterLayer):
+class QVDoraLinear(WeightAdapterLayer):
     """A frozen fused ``qkv`` ``nn.Linear`` with DoRA (or LoRA) on some of its q / k / v row blocks.
 
     Shapes: input ``(..., d_in)`` -> output ``(..., 3 d_out)``, like ``base_layer`` (see the module docstring).
@@ -136,15 +136,6 @@ class QVDoraLinear(AdapterLayer):
         dtype = torch.promote_types(base_layer.weight.dtype, torch.float32)  # adapter kept in float32 at least
         self.adapter = QVDoraParameters(base_layer.weight, self.slices, r, use_dora, dtype)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen fused weight (modules that read ``.weight`` of a Linear keep working)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The frozen fused bias ``(3 d_out,)``, or ``None``."""
-        return self.base_layer.bias
 
     @property
     def in_features(self) -> int:

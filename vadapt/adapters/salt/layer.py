@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vadapt.adapters.layers import AdapterLayer
+from vadapt.adapters.layers import WeightAdapterLayer
 
 
 class SaltParameters(nn.Module):
@@ -78,7 +78,7 @@ def salt_parameter_count(out_features: int, in_features: int, r: int, lora_r: in
     return 2 * r + (2 * lora_r * residual if residual and lora_r else 0)
 
 
-class SaltLinear(AdapterLayer):
+class SaltLinear(WeightAdapterLayer):
     """A frozen ``nn.Linear`` adapted by SALT (see the module docstring for the maths and what is stored).
 
     Shapes: input ``(..., in)`` -> output ``(..., out)``, like ``base_layer``.
@@ -112,15 +112,6 @@ class SaltLinear(AdapterLayer):
         self.register_buffer("s_top", s[:r].to(keep), persistent=False)  # (r,)
         self.adapter = SaltParameters(r, k - r, lora_r).to(device=weight.device)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen weight (modules that read ``.weight`` of a Linear keep working)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The frozen bias ``(out,)``, or ``None``."""
-        return self.base_layer.bias
 
     def delta_weight(self) -> torch.Tensor:
         """``dW`` ``(out, in)`` in the buffers' dtype: zero at init (see the module docstring)."""
